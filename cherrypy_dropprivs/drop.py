@@ -1,0 +1,164 @@
+"""The whole drop as one plain function, plus the pieces the plugin reuses.
+
+A plan is validated first (bad input never reaches a set*id call), then
+carried out on the calling thread, then verified against the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+from . import capabilities
+from .credentials import holds_root, switch_credentials
+from .environment import apply_login_environment
+from .errors import PrivilegeDropError
+from .identity import IdSpec, Identity, check_groups_form, format_ids, resolve_identity
+from .umask import parse_umask
+from .verify import verify_dropped, verify_threads
+
+#: What a drop did: it changed identity, found the target already in place
+#: (a re-executed process), or ran without root and changed no identity.
+DROPPED, ALREADY_TARGET, NOT_ROOT = 'dropped', 'already-target', 'not-root'
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Validated input for a drop. ``target`` None keeps the current user."""
+
+    target: Optional[Identity]
+    umask: Optional[int]
+    require_root: bool = False
+    no_new_privs: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The process's identity at one moment (calling thread)."""
+
+    uids: Tuple[int, int, int]
+    gids: Tuple[int, int, int]
+    groups: Tuple[int, ...]
+    umask: int
+    home: Optional[str]
+
+    @classmethod
+    def take(cls) -> 'Snapshot':
+        mask = os.umask(0)
+        os.umask(mask)
+        return cls(os.getresuid(), os.getresgid(), tuple(os.getgroups()), mask, os.environ.get('HOME'))
+
+    def describe(self) -> str:
+        return f'{format_ids(self.uids[1], self.gids[1], self.groups)} umask={self.umask:04o}'
+
+
+@dataclass(frozen=True)
+class DropRecord:
+    """Who the process was before and after, and what was done."""
+
+    before: Snapshot
+    after: Snapshot
+    target: Optional[Identity]
+    outcome: str
+    threads_checked: int = 0
+
+
+def make_plan(
+    uid: Optional[IdSpec] = 'nobody',
+    gid: Optional[IdSpec] = None,
+    groups: Optional[Sequence[IdSpec]] = None,
+    umask: Union[int, str, None] = 0o077,
+    require_root: bool = False,
+    no_new_privs: bool = False,
+) -> Plan:
+    """Validate and resolve everything; raises ValueError/TypeError on bad input."""
+    if uid is None:
+        if gid is not None or groups is not None:
+            raise ValueError(
+                'gid and groups need a uid: with uid=None the user is kept, so its groups '
+                'cannot change either; give uid as well'
+            )
+        target = None
+    else:
+        target = resolve_identity(uid, gid, groups)
+    check_groups_form(groups)
+    for name, flag in (('require_root', require_root), ('no_new_privs', no_new_privs)):
+        if not isinstance(flag, bool):
+            raise TypeError(f'{name} must be True or False; got {flag!r}')
+    return Plan(target, parse_umask(umask), require_root, no_new_privs)
+
+
+def classify(plan: Plan) -> str:
+    """Which of the three outcomes carrying out ``plan`` now would have."""
+    if holds_root():
+        if plan.target is None:
+            raise PrivilegeDropError(
+                'resolve', 'uid=None keeps the current user, and the current user is root: name a user'
+            )
+        return DROPPED
+    if plan.require_root:
+        raise PrivilegeDropError(
+            'require_root', f'not started as root (uid={os.getuid()}), but require_root is set'
+        )
+    t = plan.target
+    if t is not None and os.getresuid() == (t.uid,) * 3 and os.getresgid() == (t.gid,) * 3:
+        return ALREADY_TARGET
+    return NOT_ROOT
+
+
+def carry_out(plan: Plan) -> DropRecord:
+    """Change the calling process's identity per ``plan``; verify only ids.
+
+    Thread-wide checks are left to the caller, which may first have to act
+    in other threads (capabilities and no_new_privs are per thread).
+    """
+    before = Snapshot.take()
+    outcome = classify(plan)
+    if outcome == DROPPED:
+        switch_credentials(plan.target)
+    else:
+        _step('clear capabilities', capabilities.clear_thread_capabilities)
+    if plan.umask is not None:
+        os.umask(plan.umask)
+    if outcome == DROPPED:
+        apply_login_environment(plan.target, before.uids[1], before.home)
+    if plan.no_new_privs:
+        _step('prctl(PR_SET_NO_NEW_PRIVS)', capabilities.set_no_new_privs)
+    return DropRecord(before, Snapshot.take(), plan.target, outcome)
+
+
+def verify(plan: Plan, record: DropRecord) -> DropRecord:
+    """Check the result in the kernel's view; returns the record with the thread count."""
+    if record.outcome in (DROPPED, ALREADY_TARGET):
+        n = verify_dropped(plan.target, plan.no_new_privs)
+    else:
+        n = verify_threads(None, plan.no_new_privs)
+    return DropRecord(record.before, record.after, record.target, record.outcome, n)
+
+
+def drop_privileges(
+    uid: Optional[IdSpec] = 'nobody',
+    gid: Optional[IdSpec] = None,
+    *,
+    groups: Optional[Sequence[IdSpec]] = None,
+    umask: Union[int, str, None] = 0o077,
+    require_root: bool = False,
+    no_new_privs: bool = False,
+) -> DropRecord:
+    """Drop root for good and verify it; for code outside CherryPy's bus.
+
+    Call it before starting threads: capabilities and no_new_privs are per
+    thread, and a thread that still holds any makes verification fail.
+    On PrivilegeDropError the process is in an unknown state and must exit.
+    Not root: no identity change (the record's outcome says ``not-root``).
+    """
+    plan = make_plan(uid, gid, groups, umask, require_root, no_new_privs)
+    return verify(plan, carry_out(plan))
+
+
+def _step(name: str, func) -> None:
+    try:
+        func()
+    except OSError as e:
+        raise PrivilegeDropError(name, 'the kernel refused', e) from e

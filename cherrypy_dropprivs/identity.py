@@ -1,0 +1,193 @@
+"""Resolving who to drop to: user, primary group, supplementary groups.
+
+Names and numbers are both accepted. A string is a name first; only when no
+such name exists and it is all digits is it taken as a number (chown(1)'s
+rule). Anything ambiguous or root-ish is refused here, before anything binds.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+IdSpec = Union[int, str]
+
+#: Largest valid id: (uid_t)-1 means "unchanged" to the kernel, so it is out.
+MAX_ID = 2**32 - 2
+
+_ID_ACCEPTED = 'a name that exists, or a number in 1..{max} (as an int or all-digit string)'
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A fully resolved target identity, ready for the set*id calls."""
+
+    uid: int
+    gid: int
+    #: The exact list getgroups() must show afterwards: primary group first.
+    groups: Tuple[int, ...]
+    user: Optional[str]
+    group: Optional[str]
+    home: str
+    shell: str
+
+    def describe(self) -> str:
+        """``uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)``, as id(1)."""
+        return format_ids(self.uid, self.gid, self.groups)
+
+
+def user_name(uid: int) -> Optional[str]:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def group_name(gid: int) -> Optional[str]:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def _fmt(num: int, name: Optional[str]) -> str:
+    return f'{num}({name})' if name else str(num)
+
+
+def format_ids(uid: int, gid: int, groups: Iterable[int]) -> str:
+    """Format ids with names the way id(1) does, for log lines."""
+    gl = ','.join(_fmt(g, group_name(g)) for g in groups) or '(none)'
+    return f'uid={_fmt(uid, user_name(uid))} gid={_fmt(gid, group_name(gid))} groups={gl}'
+
+
+def _check_type(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f'{what} must be {_ID_ACCEPTED.format(max=MAX_ID)}; '
+            f'got {value!r} ({type(value).__name__})'
+        )
+
+
+def _check_range(what: str, num: int, shown: object) -> int:
+    if not 0 <= num <= MAX_ID:
+        raise ValueError(
+            f'{what} {shown!r} is out of range; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
+        )
+    if num == 0:
+        raise ValueError(
+            f'{what} {shown!r} is root (0): dropping to root is not a drop; '
+            f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
+        )
+    return num
+
+
+def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
+    """Return (uid, passwd entry or None) for a user name or number."""
+    _check_type('uid', value)
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f'uid is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
+        try:
+            entry = pwd.getpwnam(value)
+        except KeyError:
+            if not (value.isascii() and value.isdigit()):
+                raise ValueError(
+                    f'unknown user {value!r}: no such name in the password database; '
+                    f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
+                ) from None
+            value = int(value)
+        else:
+            return _check_range('uid', entry.pw_uid, value), entry
+    uid = _check_range('uid', value, value)
+    try:
+        return uid, pwd.getpwuid(uid)
+    except KeyError:
+        return uid, None
+
+
+def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
+    """Return the gid for a group name or number."""
+    _check_type(what, value)
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f'{what} is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
+        try:
+            return _check_range(what, grp.getgrnam(value).gr_gid, value)
+        except KeyError:
+            if not (value.isascii() and value.isdigit()):
+                raise ValueError(
+                    f'unknown group {value!r} in {what}: no such name in the group database; '
+                    f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
+                ) from None
+            value = int(value)
+    return _check_range(what, value, value)
+
+
+def check_groups_form(groups: Optional[Sequence[IdSpec]]) -> Optional[Tuple[int, ...]]:
+    """Validate an explicit ``groups`` list and resolve every entry."""
+    if groups is None:
+        return None
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple, set, frozenset)):
+        raise TypeError(
+            f'groups must be a list of group names or numbers (e.g. [\'adm\', 4]), '
+            f'[] for none, or None for the user\'s groups; got {groups!r}'
+        )
+    return tuple(resolve_gid(g, what='groups entry') for g in groups)
+
+
+def resolve_identity(
+    uid: IdSpec,
+    gid: Optional[IdSpec] = None,
+    groups: Optional[Sequence[IdSpec]] = None,
+) -> Identity:
+    """Resolve the full target identity, refusing anything ambiguous.
+
+    - ``gid`` None: the user's primary group from the password database.
+    - ``groups`` None: the user's groups from the group database (as
+      ``id USER``); ``[]``: the primary group only; a list: the primary group
+      plus exactly those.
+    - A numeric uid with no passwd entry needs ``gid``; it gets the primary
+      group only and ``HOME=/``.
+    """
+    num_uid, entry = resolve_uid(uid)
+    extra = check_groups_form(groups)
+    if gid is None:
+        if entry is None:
+            raise ValueError(
+                f'uid {uid!r} has no entry in the password database, so it has no primary '
+                f'group: give gid as well (a group name or number)'
+            )
+        num_gid = _check_range('primary group of user ' + entry.pw_name, entry.pw_gid, entry.pw_gid)
+    else:
+        num_gid = resolve_gid(gid)
+
+    if extra is None:
+        if entry is not None:
+            found = os.getgrouplist(entry.pw_name, num_gid)
+            for g in found:
+                if g == 0:
+                    raise ValueError(
+                        f'user {entry.pw_name!r} is a member of the root group (gid 0) in the '
+                        f'group database; pass groups=[...] explicitly to choose its groups'
+                    )
+            extra = tuple(found)
+        else:
+            extra = ()
+    ordered = [num_gid] + [g for g in dict.fromkeys(extra) if g != num_gid]
+
+    if entry is not None:
+        name, home, shell = entry.pw_name, entry.pw_dir or '/', entry.pw_shell or '/bin/sh'
+    else:
+        name, home, shell = None, '/', '/bin/sh'
+    return Identity(
+        uid=num_uid,
+        gid=num_gid,
+        groups=tuple(ordered),
+        user=name,
+        group=group_name(num_gid),
+        home=home,
+        shell=shell,
+    )

@@ -1,0 +1,281 @@
+"""The CherryPy plugin: thin wiring of the drop into the bus lifecycle.
+
+Two ``start`` listeners: ``arm`` (early, before the servers) validates the
+plan and makes every server wait at a gate; ``start`` (priority 77 by
+default, after the servers have bound) drops, verifies, and opens the gate.
+Any failure logs and ends the process at once: CherryPy's bus would
+otherwise go on calling later start listeners, as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NoReturn, Optional, Sequence, Union
+
+from cherrypy.process.plugins import SimplePlugin
+
+from . import capabilities, server_hooks
+from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
+from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, PrivilegeDropError
+from .gate import Gate
+from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
+from .listening_sockets import KEEPER
+from .umask import parse_umask
+from .verify import verify_dropped, verify_threads
+
+#: The arm listener runs before the Daemonizer (65), PIDFile and Autoreloader
+#: (70) and the servers (75), so that a bad plan stops the process before
+#: anything is written or bound.
+ARM_PRIORITY = 10
+
+
+class DropPrivileges(SimplePlugin):
+    """Drop root after the servers have bound; verified and fail-closed.
+
+    Keyword-compatible with ``cherrypy.process.plugins.DropPrivileges``:
+    ``uid``, ``gid`` and ``umask`` mean what they mean there.
+    """
+
+    def __init__(
+        self,
+        bus,
+        uid: Optional[IdSpec] = 'nobody',
+        gid: Optional[IdSpec] = None,
+        *,
+        groups: Optional[Sequence[IdSpec]] = None,
+        umask: Union[int, str, None] = 0o077,
+        require_root: bool = False,
+        no_new_privs: bool = False,
+        priority: int = 77,
+    ) -> None:
+        super().__init__(bus)
+        self._subscribed = False
+        self.gate = Gate()
+        #: The first drop's record; a second start only re-verifies.
+        self.record = None
+        self._plan: Optional[Plan] = None
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.umask = umask
+        self.require_root = require_root
+        self.no_new_privs = no_new_privs
+        self.priority = priority
+        self.plan()  # the combination too, now, before anything binds
+
+    # -- options: each value is checked as it is set (also from config) ---
+
+    @property
+    def uid(self) -> Optional[IdSpec]:
+        return self._uid
+
+    @uid.setter
+    def uid(self, value: Optional[IdSpec]) -> None:
+        if value is not None:
+            resolve_uid(value)
+        self._uid = value
+
+    @property
+    def gid(self) -> Optional[IdSpec]:
+        return self._gid
+
+    @gid.setter
+    def gid(self, value: Optional[IdSpec]) -> None:
+        if value is not None:
+            resolve_gid(value)
+        self._gid = value
+
+    @property
+    def groups(self) -> Optional[Sequence[IdSpec]]:
+        return self._groups
+
+    @groups.setter
+    def groups(self, value: Optional[Sequence[IdSpec]]) -> None:
+        check_groups_form(value)
+        self._groups = None if value is None else list(value)
+
+    @property
+    def umask(self) -> Optional[int]:
+        return self._umask
+
+    @umask.setter
+    def umask(self, value: Union[int, str, None]) -> None:
+        self._umask = parse_umask(value)
+
+    @property
+    def require_root(self) -> bool:
+        return self._require_root
+
+    @require_root.setter
+    def require_root(self, value: bool) -> None:
+        self._require_root = _flag('require_root', value)
+
+    @property
+    def no_new_privs(self) -> bool:
+        return self._no_new_privs
+
+    @no_new_privs.setter
+    def no_new_privs(self, value: bool) -> None:
+        self._no_new_privs = _flag('no_new_privs', value)
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not ARM_PRIORITY < value <= 100:
+            raise ValueError(
+                f'priority must be an int in {ARM_PRIORITY + 1}..100, after the servers '
+                f'start (75); got {value!r}'
+            )
+        was = self._subscribed
+        if was:
+            self.unsubscribe()
+        self._priority = value
+        if was:
+            self.subscribe()
+
+    def plan(self) -> Plan:
+        """Resolve all options together (raises ValueError/TypeError)."""
+        return make_plan(
+            self.uid, self.gid, self.groups, self.umask, self.require_root, self.no_new_privs
+        )
+
+    # -- bus wiring -----------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.bus.subscribe('start', self.arm, priority=ARM_PRIORITY)
+        self.bus.subscribe('start', self.start, priority=self.priority)
+        self._subscribed = True
+
+    def unsubscribe(self) -> None:
+        self.bus.unsubscribe('start', self.arm)
+        self.bus.unsubscribe('start', self.start)
+        self._subscribed = False
+
+    def arm(self) -> None:
+        """Before the servers: check the plan, close the gate, hook the servers."""
+        try:
+            self._plan = self.plan()
+        except (ValueError, TypeError) as e:
+            self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
+        try:
+            classify(self._plan)
+        except PrivilegeDropError as e:
+            self._fail(str(e), EXIT_DROP_FAILED)
+        KEEPER.adopt_inherited()
+        server_hooks.patch_port_checks()
+        self.gate.close()
+        self.gate.thread_actions = self._thread_actions()
+        for adapter in server_hooks.server_adapters(self.bus):
+            try:
+                server_hooks.arm(adapter, self.gate)
+            except server_hooks.UngateableServer as e:
+                self._fail(str(e), EXIT_DROP_FAILED)
+
+    def start(self) -> None:
+        """After the servers have bound: drop, verify, then let them serve."""
+        try:
+            adapters = server_hooks.server_adapters(self.bus)
+            unbound = list(server_hooks.iter_unbound(adapters))
+            if unbound:
+                raise PrivilegeDropError(
+                    'servers',
+                    f'not bound when the drop ran (priority {self.priority}): '
+                    f'{", ".join(unbound)}; every server must start before the drop',
+                )
+            if self.record is None:
+                self._first_drop()
+            else:
+                self._again()
+            server_hooks.keep_sockets(adapters)
+            server_hooks.install_execv_handoff(self.bus)
+        except Exception as e:  # any failure at all: fail closed
+            self._fail(f'{e}', EXIT_DROP_FAILED)
+        self.gate.open()
+
+    start.priority = 77
+
+    # -- internals ------------------------------------------------------------
+
+    def _first_drop(self) -> None:
+        plan = self._plan
+        outcome = classify(plan)
+        target = plan.target
+        if outcome == DROPPED:
+            self._log(
+                f'dropping privileges: from {Snapshot.take().describe()} to '
+                f'{target.describe()} umask={_mask(plan.umask)}'
+            )
+        record = verify(plan, carry_out(plan))
+        self.record = record
+        if outcome == DROPPED:
+            self._log(
+                f'running as {record.after.describe()} HOME={os.environ.get("HOME")}; '
+                f'verified on {record.threads_checked} threads'
+            )
+        elif outcome == ALREADY_TARGET:
+            self._log(
+                f'already running as {record.after.describe()} (re-executed after a drop; '
+                f'{len(KEEPER.fds())} listening sockets adopted); verified on '
+                f'{record.threads_checked} threads'
+            )
+        else:
+            self._log(
+                f'not started as root: no identity change, running as {record.after.describe()}'
+                + (f' (target {target.describe()} not applied)' if target else ''),
+                level=logging.WARNING,
+            )
+
+    def _again(self) -> None:
+        """A second start in the same process: no new drop, only a check."""
+        plan, outcome = self._plan, self.record.outcome
+        if outcome in (DROPPED, ALREADY_TARGET):
+            n = verify_dropped(plan.target, plan.no_new_privs)
+        else:
+            n = verify_threads(None, plan.no_new_privs)
+        self._log(f'already dropped; running as {Snapshot.take().describe()}; verified on {n} threads')
+
+    def _thread_actions(self):
+        """What each server thread does to itself before creating its workers."""
+        actions = []
+        if classify(self._plan) == NOT_ROOT or classify(self._plan) == ALREADY_TARGET:
+            actions.append(capabilities.clear_thread_capabilities)
+        if self._plan.no_new_privs:
+            actions.append(capabilities.set_no_new_privs)
+        return actions
+
+    def _log(self, msg: str, level: int = logging.INFO) -> None:
+        self.bus.log(f'dropprivs: {msg}', level=level)
+
+    def _fail(self, msg: str, status: int) -> NoReturn:
+        self._log(f'FAILED: {msg}; exiting with status {status} before serving', logging.CRITICAL)
+        _flush_logs()
+        os._exit(status)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False; got {value!r}')
+    return value
+
+
+def _mask(umask: Optional[int]) -> str:
+    return 'unchanged' if umask is None else f'{umask:04o}'
+
+
+def _flush_logs() -> None:
+    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, 'handlers', ()):
+            try:
+                handler.flush()
+            except Exception:
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
