@@ -14,8 +14,8 @@ from . import capabilities
 from .credentials import holds_root, switch_credentials
 from .environment import apply_login_environment
 from .errors import PrivilegeDropError
-from .identity import IdSpec, Identity, check_groups_form, format_ids, resolve_identity
-from .umask import parse_umask
+from .identity import Identity, IdSpec, check_groups_form, format_ids, resolve_identity
+from .umask import current_umask, parse_umask
 from .verify import verify_dropped, verify_threads
 
 #: What a drop did: it changed identity, found the target already in place
@@ -44,10 +44,10 @@ class Snapshot:
     home: Optional[str]
 
     @classmethod
-    def take(cls) -> 'Snapshot':
-        mask = os.umask(0)
-        os.umask(mask)
-        return cls(os.getresuid(), os.getresgid(), tuple(os.getgroups()), mask, os.environ.get('HOME'))
+    def take(cls) -> Snapshot:
+        return cls(
+            os.getresuid(), os.getresgid(), tuple(os.getgroups()), current_umask(), os.environ.get('HOME')
+        )
 
     def describe(self) -> str:
         return f'{format_ids(self.uids[1], self.gids[1], self.groups)} umask={self.umask:04o}'
@@ -102,8 +102,14 @@ def classify(plan: Plan) -> str:
             'require_root', f'not started as root (uid={os.getuid()}), but require_root is set'
         )
     t = plan.target
-    if t is not None and os.getresuid() == (t.uid,) * 3 and os.getresgid() == (t.gid,) * 3:
+    if (
+        t is not None
+        and os.getresuid() == (t.uid,) * 3
+        and os.getresgid() == (t.gid,) * 3
+        and set(os.getgroups()) == set(t.groups)
+    ):
         return ALREADY_TARGET
+    # Not root and not exactly the target (e.g. other groups): change nothing.
     return NOT_ROOT
 
 

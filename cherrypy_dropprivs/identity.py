@@ -87,6 +87,7 @@ def _check_range(what: str, num: int, shown: object) -> int:
 def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
     """Return (uid, passwd entry or None) for a user name or number."""
     _check_type('uid', value)
+    shown = value
     if isinstance(value, str):
         if not value:
             raise ValueError(f'uid is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
@@ -101,7 +102,7 @@ def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
             value = int(value)
         else:
             return _check_range('uid', entry.pw_uid, value), entry
-    uid = _check_range('uid', value, value)
+    uid = _check_range('uid', value, shown)
     try:
         return uid, pwd.getpwuid(uid)
     except KeyError:
@@ -111,6 +112,7 @@ def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
 def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
     """Return the gid for a group name or number."""
     _check_type(what, value)
+    shown = value
     if isinstance(value, str):
         if not value:
             raise ValueError(f'{what} is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
@@ -123,7 +125,7 @@ def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
                     f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
                 ) from None
             value = int(value)
-    return _check_range(what, value, value)
+    return _check_range(what, value, shown)
 
 
 def check_groups_form(groups: Optional[Sequence[IdSpec]]) -> Optional[Tuple[int, ...]]:

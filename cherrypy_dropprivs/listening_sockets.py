@@ -38,6 +38,8 @@ class SocketKeeper:
         #: Keys taken from a LISTEN_PID (socket activation) server: fd 3.
         self.activation_key: Optional[str] = None
         self.adopted_from_exec = False
+        #: True once prepare_exec has put the activation socket back on fd 3.
+        self._fd3_handed = False
 
     def __contains__(self, key: str) -> bool:
         return key in self._kept
@@ -73,13 +75,17 @@ class SocketKeeper:
         self.mark_inheritable()
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds()})
         if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
-            # cheroot's own socket-activation path reads fd 3 only.
+            # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
+            # stays valid: execv keeps the pid).
             os.dup2(self._kept[self.activation_key].fileno(), 3, inheritable=True)
+            self._fd3_handed = True
 
     def mark_inheritable(self) -> None:
         """Undo the close-on-exec that CherryPy's _set_cloexec() puts on every fd."""
         for s in self._kept.values():
             os.set_inheritable(s.fileno(), True)
+        if self._fd3_handed:
+            os.set_inheritable(3, True)
 
     def adopt_inherited(self, env: Optional[dict] = None) -> int:
         """Adopt sockets handed over by our own execv; returns how many."""

@@ -9,14 +9,16 @@ otherwise go on calling later start listeners, as root.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from typing import NoReturn, Optional, Sequence, Union
+from typing import List, NoReturn, Optional, Sequence, Union
 
 from cherrypy.process.plugins import SimplePlugin
 
-from . import capabilities, server_hooks
+from . import capabilities, operating, restart_guard, server_hooks
+from .credentials import holds_root
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
 from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, PrivilegeDropError
 from .gate import Gate
@@ -49,6 +51,8 @@ class DropPrivileges(SimplePlugin):
         require_root: bool = False,
         no_new_privs: bool = False,
         priority: int = 77,
+        chown_logs: bool = True,
+        chown: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__(bus)
         self._subscribed = False
@@ -63,6 +67,10 @@ class DropPrivileges(SimplePlugin):
         self.require_root = require_root
         self.no_new_privs = no_new_privs
         self.priority = priority
+        #: Hand CherryPy's log files to the target before the drop (see operating.py).
+        self.chown_logs = chown_logs
+        #: Paths that must belong to the target (e.g. a session directory).
+        self.chown = chown
         self.plan()  # the combination too, now, before anything binds
 
     # -- options: each value is checked as it is set (also from config) ---
@@ -121,6 +129,22 @@ class DropPrivileges(SimplePlugin):
         self._no_new_privs = _flag('no_new_privs', value)
 
     @property
+    def chown_logs(self) -> bool:
+        return self._chown_logs
+
+    @chown_logs.setter
+    def chown_logs(self, value: bool) -> None:
+        self._chown_logs = _flag('chown_logs', value)
+
+    @property
+    def chown(self) -> List[str]:
+        return self._chown
+
+    @chown.setter
+    def chown(self, value: Optional[Sequence[str]]) -> None:
+        self._chown = operating.check_chown(value)
+
+    @property
     def priority(self) -> int:
         return self._priority
 
@@ -159,22 +183,39 @@ class DropPrivileges(SimplePlugin):
     def arm(self) -> None:
         """Before the servers: check the plan, close the gate, hook the servers."""
         try:
+            self._arm()
+        except Exception as e:  # the bus would go on and start the servers unheld, as root
+            self._fail(f'holding the servers until the drop: {e!r}', EXIT_DROP_FAILED)
+
+    def _arm(self) -> None:
+        try:
             self._plan = self.plan()
         except (ValueError, TypeError) as e:
             self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
-        try:
-            classify(self._plan)
-        except PrivilegeDropError as e:
-            self._fail(str(e), EXIT_DROP_FAILED)
         KEEPER.adopt_inherited()
+        if self.record is None:
+            if KEEPER.adopted_from_exec and self._plan.require_root:
+                # Re-executed by our own restart: root was checked (and dropped)
+                # before the exec; requiring it again would end every restart.
+                self._plan = dataclasses.replace(self._plan, require_root=False)
+            try:
+                outcome = classify(self._plan)
+            except PrivilegeDropError as e:
+                self._fail(str(e), EXIT_DROP_FAILED)
+        else:  # a second start: already dropped (or never root); nothing to classify
+            outcome = self.record.outcome
         server_hooks.patch_port_checks()
         self.gate.close()
-        self.gate.thread_actions = self._thread_actions()
+        self.gate.thread_actions = self._thread_actions(outcome)
         for adapter in server_hooks.server_adapters(self.bus):
             try:
                 server_hooks.arm(adapter, self.gate)
             except server_hooks.UngateableServer as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
+        if not holds_root():  # e.g. re-executed after the drop: fail clearly, not in cheroot
+            problem = restart_guard.cannot_serve(self.bus)
+            if problem:
+                self._fail(problem, EXIT_DROP_FAILED)
 
     def start(self) -> None:
         """After the servers have bound: drop, verify, then let them serve."""
@@ -189,6 +230,9 @@ class DropPrivileges(SimplePlugin):
                 )
             if self.record is None:
                 self._first_drop()
+                if self.record.outcome == DROPPED:
+                    for warning in restart_guard.restart_warnings(self.bus, adapters):
+                        self._log(warning, logging.WARNING)
             else:
                 self._again()
             server_hooks.keep_sockets(adapters)
@@ -210,12 +254,21 @@ class DropPrivileges(SimplePlugin):
                 f'dropping privileges: from {Snapshot.take().describe()} to '
                 f'{target.describe()} umask={_mask(plan.umask)}'
             )
-        record = verify(plan, carry_out(plan))
+        operating.before_drop(self, plan, outcome)
+        record = carry_out(plan)
+        operating.after_drop(self, plan, outcome)
+        record = verify(plan, record)
         self.record = record
         if outcome == DROPPED:
             self._log(
                 f'running as {record.after.describe()} HOME={os.environ.get("HOME")}; '
                 f'verified on {record.threads_checked} threads'
+            )
+        elif outcome == ALREADY_TARGET and not KEEPER.adopted_from_exec:
+            self._log(
+                f'not started as root: no identity change, already running as the target '
+                f'{record.after.describe()}; verified on {record.threads_checked} threads',
+                level=logging.WARNING,
             )
         elif outcome == ALREADY_TARGET:
             self._log(
@@ -239,10 +292,10 @@ class DropPrivileges(SimplePlugin):
             n = verify_threads(None, plan.no_new_privs)
         self._log(f'already dropped; running as {Snapshot.take().describe()}; verified on {n} threads')
 
-    def _thread_actions(self):
+    def _thread_actions(self, outcome: str):
         """What each server thread does to itself before creating its workers."""
         actions = []
-        if classify(self._plan) == NOT_ROOT or classify(self._plan) == ALREADY_TARGET:
+        if outcome in (NOT_ROOT, ALREADY_TARGET):
             actions.append(capabilities.clear_thread_capabilities)
         if self._plan.no_new_privs:
             actions.append(capabilities.set_no_new_privs)

@@ -9,16 +9,25 @@ Nothing on the per-request path is touched.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
+import logging
 import os
+import sys
+import threading
+import time
 from typing import Iterator, List
 
 import cheroot.server
 import portend
 from cherrypy import _cpserver
 from cherrypy.process import servers as cp_servers
+from cherrypy.process import wspbus
 
+from .errors import EXIT_DROP_FAILED
 from .gate import Gate
+from .identity import format_ids
 from .listening_sockets import KEEPER, addr_key
+from .restart_checks import ServerInfo, tls_files
 
 
 class UngateableServer(Exception):
@@ -37,13 +46,15 @@ def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
 
 def describe(adapter) -> str:
     try:
-        return adapter.description
+        # An unstarted cherrypy Server describes itself as '' (no httpserver yet).
+        return adapter.description or repr(adapter.bind_addr)
     except Exception:  # an unstarted server may not know its address yet
         return repr(adapter.bind_addr)
 
 
 def arm(adapter, gate: Gate) -> None:
     """Make ``adapter``'s server wait at ``gate`` and adopt kept sockets."""
+    _poll_ready_quickly(adapter)
     if adapter.httpserver is not None:
         hook_httpserver(adapter, adapter.httpserver, gate)
         return
@@ -63,15 +74,45 @@ def arm(adapter, gate: Gate) -> None:
     adapter.httpserver_from_self = httpserver_from_self
 
 
+def _poll_ready_quickly(adapter) -> None:
+    """ServerAdapter.wait() polls ``ready`` every 100 ms, and the gate stays
+    shut until every server has passed it: a first check that misses costs
+    each start, and each restart's outage, up to 100 ms. Poll every 5 ms
+    first, then let CherryPy's own wait do its remaining checks."""
+    if '_dropprivs_wait' in adapter.__dict__:
+        return
+    cherrypy_wait = adapter.wait
+
+    def wait():
+        deadline = time.monotonic() + 1.0
+        while not getattr(adapter.httpserver, 'ready', False) and time.monotonic() < deadline:
+            if adapter.interrupt:
+                raise adapter.interrupt
+            time.sleep(0.005)
+        return cherrypy_wait()
+
+    adapter._dropprivs_wait = True
+    adapter.wait = wait
+
+
 def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
     if not isinstance(httpserver, cheroot.server.HTTPServer):
         raise UngateableServer(
             f'server {describe(adapter)} is a {type(httpserver).__name__}, not a cheroot '
             f'HTTPServer: its requests cannot be held until the drop'
         )
-    httpserver._dropprivs_gate = gate
     if httpserver.__dict__.get('_dropprivs_hooked'):
+        httpserver._dropprivs_gate = gate
         return
+    if getattr(httpserver, 'ready', False):
+        # Its accept loop already runs (its start listener ran before ours,
+        # or it was started by hand): it may have served as root already,
+        # and holding it now would hold nothing.
+        raise UngateableServer(
+            f'server {describe(adapter)} was already serving before the drop could hold it '
+            f'(start it from the bus at its default priority 75, not before)'
+        )
+    httpserver._dropprivs_gate = gate
     cls = type(httpserver)
 
     def key() -> str:
@@ -97,7 +138,13 @@ def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
         return adopt(sock) if sock is not None else cls.bind_unix_socket(httpserver, bind_addr)
 
     def serve():
-        if not httpserver._dropprivs_gate.wait(lambda: httpserver.ready):
+        # Also give up once the main thread has gone (an interrupted start, e.g.
+        # KeyboardInterrupt before the drop): the held server and its workers
+        # would otherwise keep the process alive as root forever. Stopping it
+        # closes the socket (resetting held connections) and lets it exit.
+        if not httpserver._dropprivs_gate.wait(
+                lambda: httpserver.ready and threading.main_thread().is_alive()):
+            httpserver.stop()  # a no-op when the bus already stopped it
             return None
         return cls.serve(httpserver)
 
@@ -162,7 +209,17 @@ def install_execv_handoff(bus) -> None:
 
     def _do_execv():
         KEEPER.prepare_exec()
-        return do_execv()
+        try:
+            return do_execv()
+        except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
+            bus.log(
+                f'dropprivs: FAILED: cannot re-execute {sys.executable} as '
+                f'{format_ids(os.geteuid(), os.getegid(), os.getgroups())}: {e}. Install the '
+                f'application and Python where that user can read and execute them; '
+                f'exiting with status {EXIT_DROP_FAILED}',
+                level=logging.CRITICAL,
+            )
+            os._exit(EXIT_DROP_FAILED)
 
     def _set_cloexec():
         set_cloexec()
@@ -171,6 +228,27 @@ def install_execv_handoff(bus) -> None:
     bus._do_execv = _do_execv
     bus._set_cloexec = _set_cloexec
     bus._dropprivs_execv = True
+
+
+def server_infos(adapters) -> List[ServerInfo]:
+    """Plain facts about each server for restart_checks (no cherrypy there)."""
+    out = []
+    for adapter in adapters:
+        addr = adapter.bind_addr
+        has = addr is not None and addr_key(addr) in KEEPER
+        out.append(ServerInfo(describe(adapter), addr, has, tls_files(adapter)))
+    return out
+
+
+def autoreload_on(bus) -> bool:
+    reloader = getattr(bus, 'autoreload', None)
+    return reloader is not None and any(
+        getattr(listener, '__self__', None) is reloader for listener in bus.listeners.get('start', ()))
+
+
+def startup_cwd() -> str:
+    """The directory the bus chdirs to before it re-executes."""
+    return getattr(wspbus, '_startup_cwd', None) or os.getcwd()
 
 
 def iter_unbound(adapters) -> Iterator[str]:

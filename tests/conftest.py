@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -178,3 +179,104 @@ def site(spawn):
         return proc
 
     return _site
+
+
+# -- running a process that re-execs itself after dropping to nobody --------
+
+NOBODY = 65534
+
+
+def _can_search(path: str, uid: int, gids: Sequence[int]) -> bool:
+    """Mode bits only: may ``uid`` (with ``gids``) traverse directory ``path``?"""
+    st = os.stat(path)
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid in gids:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def _ancestors(path: str) -> List[str]:
+    """Proper ancestors of ``path``, outermost first, without '/'."""
+    out, parent = [], os.path.dirname(path)
+    while parent not in ('/', ''):
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out[::-1]
+
+
+def _blocked(path: str, uid: int, gids: Sequence[int]) -> List[str]:
+    return [a for a in _ancestors(path) if not _can_search(a, uid, gids)]
+
+
+def _is_under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip('/') + '/')
+
+
+def nobody_can_run(*paths: str, uid: int = NOBODY, gids: Sequence[int] = (NOBODY,)) -> List[str]:
+    """argv prefix under which ``uid`` can reach the interpreter, the repo and ``paths``.
+
+    A process that drops to nobody and then re-execs itself (engine.restart(),
+    the autoreloader, SIGHUP) needs to execute sys.executable and read the
+    repo again as nobody. On these machines the interpreter lives under /root
+    (mode 700), in CI the clone may too. Host modes must not change, so the
+    process runs in a private mount namespace instead: each ancestor directory
+    nobody cannot traverse is covered by a tmpfs (mode 755) into which the
+    needed paths are bind-mounted back. The originals are bind-mounted aside
+    first, because the cover hides them. ``unshare`` (no --fork) and the
+    final ``exec`` keep one pid, so the pid the test sees is the server's.
+    Returns [] when nothing blocks. The needed paths keep their own modes (a
+    key nobody may not read stays unreadable).
+    """
+    wanted = [sys.executable, os.path.dirname(os.path.realpath(sys.executable)), sys.prefix,
+              sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(REPO), *paths]
+    needed: List[str] = []
+    for p in wanted:
+        for q in {os.path.abspath(p), os.path.realpath(p)}:
+            if q not in needed:
+                needed.append(q)
+    # Mount points, shallow first: a tmpfs over each blocking ancestor, the
+    # needed path bound back. A cover under another cover (with no bind in
+    # between) is already a tmpfs directory; a bind under a bind is exposed.
+    ops: List[tuple] = []
+    for p in needed:
+        for b in _blocked(p, uid, gids):
+            ops.append((b, 'cover'))
+        if _blocked(p, uid, gids):
+            ops.append((p, 'bind'))
+    ops = sorted(set(ops), key=lambda o: (o[0].count('/'), o[0], o[1] == 'bind'))
+    kept: List[tuple] = []
+    for path, kind in ops:
+        enclosing = [k for k in kept if k[0] != path and _is_under(path, k[0])]
+        nearest = max(enclosing, key=lambda k: k[0].count('/'), default=None)
+        if nearest is not None and nearest[1] == kind:
+            continue
+        kept.append((path, kind))
+    if not kept:
+        return []
+    tops = {p for p, _ in kept}
+    stage = next(d for d in ('/mnt', '/media', '/srv', '/opt', '/var/tmp')
+                 if os.path.isdir(d) and not any(_is_under(t, d) or _is_under(d, t) for t in tops))
+    q = shlex.quote
+    lines = ['set -e', f'mount -t tmpfs -o mode=0700 dropprivs-stage {q(stage)}']
+    binds = [p for p, k in kept if k == 'bind']
+    for i, p in enumerate(binds):
+        aside = f'{stage}/{i}'
+        lines.append(f'mkdir {q(aside)}' if os.path.isdir(p) else f': > {q(aside)}')
+        lines.append(f'mount --rbind {q(p)} {q(aside)}')
+    for path, kind in kept:
+        if kind == 'cover':
+            lines.append(f'mkdir -p {q(path)}')
+            lines.append(f'mount -t tmpfs -o mode=0755 dropprivs-cover {q(path)}')
+        else:
+            i = binds.index(path)
+            if os.path.isdir(path):
+                lines.append(f'mkdir -p {q(path)}')
+            else:
+                lines.append(f'mkdir -p {q(os.path.dirname(path))}; [ -e {q(path)} ] || : > {q(path)}')
+            lines.append(f'mount --move {q(stage)}/{i} {q(path)}')
+    lines.append(f'umount {q(stage)}')
+    lines.append('exec "$@"')
+    return ['unshare', '-m', '--propagation', 'private', 'sh', '-c', '\n'.join(lines), 'nobody-can-run']

@@ -12,6 +12,9 @@ import threading
 
 import cherrypy
 
+#: Unique per process image: changes on every re-exec (restart), unlike the pid.
+BOOT = os.urandom(8).hex()
+
 
 def thread_identity():
     fields = {}
@@ -37,9 +40,48 @@ class Root:
         return thread_identity()
 
     @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def env(self):
+        """The environment and umask as the serving process sees them now."""
+        mask = os.umask(0)
+        os.umask(mask)
+        keys = ('HOME', 'USER', 'LOGNAME', 'SHELL', 'MAIL', 'XDG_RUNTIME_DIR')
+        return {'environ': {k: os.environ.get(k) for k in keys}, 'umask': mask}
+
+    @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def regain(self):
+        """Try, in the serving thread, every way back to uid/gid 0; report each errno."""
+        out = {}
+        for name, call in (('setuid', lambda: os.setuid(0)), ('seteuid', lambda: os.seteuid(0)),
+                           ('setresuid', lambda: os.setresuid(0, 0, 0)),
+                           ('setgid', lambda: os.setgid(0)), ('setegid', lambda: os.setegid(0)),
+                           ('setgroups', lambda: os.setgroups([0]))):
+            try:
+                call()
+                out[name] = 'succeeded'
+            except OSError as e:
+                out[name] = e.errno
+        out['after'] = thread_identity()
+        return out
+
+    @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def boot(self):
+        """The serving thread's identity, this process image's boot token, the bus state."""
+        started = cherrypy.engine.state == cherrypy.engine.states.STARTED
+        return dict(thread_identity(), boot=BOOT, started=started)
+
+    @cherrypy.expose
     def restart(self):
         threading.Timer(0.05, cherrypy.engine.restart).start()
         return 'restarting'
+
+    @cherrypy.expose
+    def note(self, text='note'):
+        """Write one line to the error log (cherrypy.log) and answer."""
+        cherrypy.log(f'site note: {text}')
+        return 'noted'
 
     @cherrypy.expose
     def graceful(self):
@@ -66,8 +108,24 @@ def main():
     p.add_argument('--record-listener', default=None,
                    help='file a start listener at priority 90 writes its euid to')
     p.add_argument('--autoreload', action='store_true')
+    p.add_argument('--early-thread', default=None, metavar='NAME',
+                   help='start a plain thread NAME (sleeping) before engine.start()')
+    p.add_argument('--pidfile', default=None, metavar='PATH',
+                   help="CherryPy's own PIDFile plugin (writes at priority 70, as root)")
+    p.add_argument('--watch', action='append', default=[],
+                   help='one more file for the autoreloader to watch')
+    p.add_argument('--daemonize', default=None, metavar='LOG',
+                   help="run CherryPy's Daemonizer; its stdout/stderr go to LOG")
+    p.add_argument('--write-pid', default=None, metavar='FILE',
+                   help='write the (daemonized) pid to FILE at start (errors ignored)')
+    p.add_argument('--log-levels', action='store_true',
+                   help='also print every error-log record as "LEVEL|message" lines')
     p.add_argument('--stop-start', action='store_true',
                    help='engine.stop() then engine.start() once after the first start')
+    p.add_argument('--server-at', nargs=2, type=int, action='append', default=[],
+                   metavar=('PORT', 'PRIORITY'),
+                   help='one more HTTP server whose start listener runs at PRIORITY '
+                        '(e.g. 5: before the drop plugin arms; 80: after the drop)')
     args = p.parse_args()
 
     cherrypy.config.update({
@@ -76,6 +134,11 @@ def main():
         'log.screen': True,
         'checker.on': False,
     })
+    if args.log_levels:
+        import logging
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter('%(levelname)s|%(message)s'))
+        cherrypy.log.error_log.addHandler(handler)
     if args.plugin in ('ours', 'config'):
         import cherrypy_dropprivs  # noqa: F401  (creates engine.dropprivs)
 
@@ -95,6 +158,12 @@ def main():
         s = cherrypy._cpserver.Server()
         s.socket_host, s.socket_port, s.thread_pool = args.host, port, 4
         s.subscribe()
+        servers.append(s)
+    for port, priority in args.server_at:
+        s = cherrypy._cpserver.Server()
+        s.socket_host, s.socket_port, s.thread_pool = args.host, port, 4
+        cherrypy.engine.subscribe('start', s.start, priority=priority)
+        cherrypy.engine.subscribe('stop', s.stop)
         servers.append(s)
     if args.unix:
         s = cherrypy._cpserver.Server()
@@ -121,6 +190,25 @@ def main():
             with open(args.record_listener, 'a') as f:
                 f.write(f'{os.geteuid()}\n')
         cherrypy.engine.subscribe('start', record, priority=90)
+
+    if args.early_thread:
+        threading.Thread(target=threading.Event().wait, name=args.early_thread, daemon=True).start()
+    if args.pidfile:
+        from cherrypy.process.plugins import PIDFile
+        PIDFile(cherrypy.engine, args.pidfile).subscribe()
+    for path in args.watch:
+        cherrypy.engine.autoreload.files.add(path)
+    if args.daemonize:
+        from cherrypy.process.plugins import Daemonizer
+        Daemonizer(cherrypy.engine, stdout=args.daemonize, stderr=args.daemonize).subscribe()
+    if args.write_pid:
+        def write_pid():
+            try:
+                with open(args.write_pid, 'w') as f:
+                    f.write(f'{os.getpid()}\n')
+            except OSError:
+                pass  # a re-exec as nobody keeps the same pid anyway
+        cherrypy.engine.subscribe('start', write_pid, priority=66)
 
     cherrypy.engine.signals.subscribe()
     cherrypy.engine.start()
