@@ -18,7 +18,6 @@ from .access import (
     why_not,
     why_not_creatable,
     why_not_reachable,
-    why_not_removable,
     why_not_writable_file,
 )
 
@@ -137,7 +136,9 @@ def check_tls_file(which: str, path: str, who) -> Optional[Finding]:
 
 
 def check_pidfile(path: str, who) -> Optional[Finding]:
-    reason = why_not_removable(path, who) if os.path.lexists(path) else why_not_creatable(path, who)
+    """Removable at exit if the directory is writable: the plugin then hands the file
+    over, which also satisfies a sticky directory's owner rule (e.g. /tmp)."""
+    reason = why_not_creatable(path, who)
     if reason is None:
         return None
     return make('pidfile', PIDFILE_NOT_REMOVABLE, path, user=_user(who), reason=reason,

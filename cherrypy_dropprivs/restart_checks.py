@@ -180,13 +180,13 @@ def cannot_listen(servers: Sequence[ServerInfo], socket_activation: bool = False
 
 def no_socket_message(problems: Sequence[str], handed_over: bool) -> str:
     why = (
-        'sockets were handed over across the re-exec, but not for these servers'
+        'Sockets were handed over across the re-exec, but not for these servers'
         if handed_over else
-        'no listening sockets were handed over: this is a re-executed process whose sockets '
-        'were not kept (or a process started directly as an unprivileged user)'
+        'No listening socket was handed over: this is a re-executed process whose sockets '
+        'were not kept, or a process started directly as an unprivileged user'
     )
     return (
-        f'No sockets to adopt. {"; ".join(problems)}. {why}. Start the site as root (the '
+        f'No sockets to adopt: {"; ".join(problems)}. {why}. Start the site as root (the '
         f'plugin binds, drops, and keeps the sockets for restarts), under systemd socket '
         f'activation, or with CAP_NET_BIND_SERVICE; or listen on a port >= '
         f'{unprivileged_port_start()}'

@@ -141,7 +141,9 @@ def test_twenty_restarts_two_servers_no_refusal_same_socket_stable_fds(site):
         ports[1] = free_privileged_port()
     proc = site(ports=ports, prefix=nobody_can_run(), wait=False)
     a, b = (poller.tcp('127.0.0.1', p) for p in ports)
-    boot = poller.wait_started(a, alive=proc.alive)['boot']
+    first = poller.wait_started(a, alive=proc.alive)
+    boot = first['boot']
+    assert first['pid'] == proc.pid  # nobody_can_run's sh exec'd: the test holds the server's pid
     poller.wait_started(b, alive=proc.alive)
     inodes = [listen_inode(p) for p in ports]
     polls = [poller.Poller(a, '/boot').start(), poller.Poller(b, '/boot').start()]
@@ -294,12 +296,12 @@ def test_sighup_restart_when_daemonized(spawn, tmp_path):
     daemon is nobody on every thread and the port never refused a client."""
     d = tmp_path / 'daemon'
     d.mkdir(mode=0o755)
-    log = d / 'daemon.log'
+    log, pid_file = d / 'daemon.log', d / 'daemon.pid'
     log.touch()
     os.chown(log, NOBODY, NOBODY)  # the re-executed daemon reopens it as nobody
     port = free_privileged_port()
     launcher = spawn([*nobody_can_run(str(d)), sys.executable, str(SITE), '--port', str(port),
-                      '--daemonize', str(log)], ports=[port])
+                      '--daemonize', str(log), '--write-pid', str(pid_file)], ports=[port])
     conn = poller.tcp('127.0.0.1', port)
     pids = set()
     try:
@@ -316,7 +318,9 @@ def test_sighup_restart_when_daemonized(spawn, tmp_path):
         assert 'SIGHUP caught while daemonized. Restarting.' in log.read_text()
         assert_clean(p, min_boots=2)
         assert_dropped_everywhere(second['pid'])
-    finally:
+    finally:  # the daemon left the launcher's session: stop each daemon pid seen
+        if pid_file.exists() and pid_file.read_text().strip().isdigit():
+            pids.add(int(pid_file.read_text()))
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
