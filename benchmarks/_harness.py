@@ -9,7 +9,7 @@ Tiny API, used by every script in benchmarks/:
   ``time.monotonic()`` of the first 200. Bounded; raises on timeout.
 - ``stop(popen)``: stop by pid (SIGTERM, then SIGKILL) and its process group.
 - ``machine_header() -> str``: date, machine, kernel and versions, for the top
-  of every benchmark's output.
+  of every benchmark's output; ``load_footer() -> str`` for its last line.
 
 Plus small conveniences: ``free_port()``, ``free_privileged_port()``,
 ``median()``, ``SITE``/``REPO``/``PYTHON``.
@@ -206,6 +206,11 @@ def machine_header() -> str:
         f'the machine adds noise)',
         f'euid:     {os.geteuid()}',
     ])
+
+
+def load_footer() -> str:
+    """The load average at the end of a run, to print last."""
+    return f'load at end: {_loadavg()} (1/5/15-min load average)'
 
 
 def _loadavg() -> str:

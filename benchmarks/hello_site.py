@@ -2,8 +2,9 @@
 
 ``--plugin ours`` subscribes ``cherrypy_dropprivs.DropPrivileges`` (drop to
 ``--user``), ``builtin`` CherryPy's own plugin, ``none`` nothing (plain
-CherryPy). Everything else is identical, so a difference between two runs is
-the plugin's. ``--port`` may be repeated: one server per port.
+CherryPy), ``imported`` only ``import cherrypy_dropprivs`` (which creates the
+unsubscribed ``engine.dropprivs``). Everything else is identical, so a
+difference between two runs is the plugin's. ``--port`` may be repeated: one server per port.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--port', type=int, action='append', required=True)
-    p.add_argument('--plugin', choices=['ours', 'builtin', 'none'], default='ours')
+    p.add_argument('--plugin', choices=['ours', 'builtin', 'none', 'imported'], default='ours')
     p.add_argument('--user', default='nobody')
     p.add_argument('--quiet', action='store_true', help='no access/error log on the screen')
     args = p.parse_args()
@@ -45,6 +46,8 @@ def main() -> int:
     if args.plugin == 'ours':
         from cherrypy_dropprivs import DropPrivileges
         DropPrivileges(cherrypy.engine, args.user).subscribe()
+    elif args.plugin == 'imported':
+        import cherrypy_dropprivs  # noqa: F401
     elif args.plugin == 'builtin':
         from cherrypy.process.plugins import DropPrivileges as Builtin
         Builtin(cherrypy.engine, uid=args.user, gid='nogroup').subscribe()

@@ -7,11 +7,13 @@ Run as root (one command):
 The hello-world site (benchmarks/hello_site.py, one server on a free
 privileged port of 127.0.0.1, default thread pool) is started as root,
 alternating ``ours`` (cherrypy-dropprivs, dropped to nobody), ``none`` (plain
-CherryPy, no plugin, stays root) and ``builtin`` (CherryPy's own
-DropPrivileges). After it answers, the script sends warm-up requests (keep-alive
-and new connections), waits briefly, and reads VmRSS, RssAnon and RssFile from
-/proc/<pid>/status. It prints every run, the medians and the difference
-ours - none (target: under 1 MiB = 1024 KiB).
+CherryPy, no plugin, stays root), ``builtin`` (CherryPy's own
+DropPrivileges) and ``imported`` (plain CherryPy that only imports
+cherrypy_dropprivs: splits the cost into importing and running). After it
+answers, the script sends warm-up requests (keep-alive and new connections),
+waits briefly, and reads VmRSS, RssAnon and RssFile from /proc/<pid>/status.
+It prints every run, the medians and the difference ours - none (target:
+under 1 MiB = 1024 KiB).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402
 
 HELLO = str(h.HERE / 'hello_site.py')
-VARIANTS = ('ours', 'none', 'builtin')
+VARIANTS = ('ours', 'none', 'builtin', 'imported')
 FIELDS = ('VmRSS', 'RssAnon', 'RssFile')
 
 
@@ -99,6 +101,9 @@ def main() -> int:
     print(f'\nadded VmRSS, ours - none: {d:+.0f} KiB ({d / 1024:+.2f} MiB); target under 1024 KiB: '
           f'{"OK" if d < 1024 else "ABOVE TARGET"}')
     print(f'added VmRSS, builtin - none: {db:+.0f} KiB ({db / 1024:+.2f} MiB)')
+    di = med['imported']['VmRSS'] - med['none']['VmRSS']
+    print(f'of ours - none: importing the package {di:+.0f} KiB, running the plugin {d - di:+.0f} KiB')
+    print(h.load_footer())
     return 0
 
 

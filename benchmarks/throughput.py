@@ -14,7 +14,9 @@ Two hello-world sites (benchmarks/hello_site.py) run side by side on
 The load generator is ``wrk`` (Debian: ``apt-get install -y wrk``); without it
 a Python client (threads + http.client) is used instead. Two modes:
 keep-alive, and a new connection per request (``Connection: close``). Runs
-alternate ours, plain, ours, plain, ... for a fixed duration each; the script
+alternate between ours and plain for a fixed duration each, the order swapped
+every round (ours, plain, plain, ours, ours, ...) so that neither always goes
+first; each round gives one ratio from two adjacent runs. The script
 prints every raw figure, the medians and the ratio ours/plain (target >= 0.98),
 and the server's CPU time per request (from /proc/<pid>/stat), which other
 load on the machine disturbs much less than requests per second.
@@ -120,6 +122,12 @@ def main() -> int:
     p.add_argument('--connections', type=int, default=8)
     p.add_argument('--client', choices=['auto', 'wrk', 'python'], default='auto')
     p.add_argument('--no-pin', action='store_true', help='do not pin servers/client to CPUs')
+    p.add_argument('--control', action='store_true',
+                   help='A/A control: run plain CherryPy in both slots; the "ratio" then shows '
+                        'what noise alone does on this machine')
+    p.add_argument('--nice', type=int, default=0,
+                   help='run servers and client at this nice value (e.g. -10 on a busy machine; '
+                        'both sides alike)')
     args = p.parse_args()
     if os.geteuid() != 0:
         print('run as root: the plugin drops from root after binding a privileged port')
@@ -136,11 +144,16 @@ def main() -> int:
     client_pin = ['taskset', '-c', '1'] if can_pin and client == 'wrk' else []
     if can_pin and client == 'python':
         os.sched_setaffinity(0, {1})  # the Python client runs in this process
+    if args.nice:
+        server_pin = ['nice', '-n', str(args.nice)] + server_pin
+        client_pin = ['nice', '-n', str(args.nice)] + client_pin
+        if client == 'python':
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
 
     print(h.machine_header())
     print(f'client:   {client} ({args.connections} connections, {args.duration:g} s per run, '
-          f'{args.rounds} rounds per mode, alternating ours/plain); '
-          f'pinning: {"servers CPU 0, client CPU 1" if can_pin else "none"}')
+          f'{args.rounds} rounds per mode, alternating ours/plain, order swapped each round); '
+          f'pinning: {"servers CPU 0, client CPU 1" if can_pin else "none"}; nice {args.nice}')
 
     ports = {'ours': h.free_privileged_port()}
     ports['plain'] = h.free_privileged_port()
@@ -148,7 +161,7 @@ def main() -> int:
         ports['plain'] = h.free_privileged_port()
     procs = {}
     try:
-        for name, plugin in (('ours', 'ours'), ('plain', 'none')):
+        for name, plugin in (('ours', 'none' if args.control else 'ours'), ('plain', 'none')):
             procs[name] = h.start_site(server_pin + [h.PYTHON, HELLO, '--port', str(ports[name]),
                                                      '--plugin', plugin, '--quiet'])
         for name, proc in procs.items():
@@ -156,7 +169,8 @@ def main() -> int:
         with open(f'/proc/{procs["ours"].pid}/status') as f:
             uid_line = next(line for line in f if line.startswith('Uid:'))
         print(f'ours:     pid {procs["ours"].pid} port {ports["ours"]} '
-              f'(after the drop: {" ".join(uid_line.split())})')
+              + ('(CONTROL RUN: plain CherryPy here too, no plugin)' if args.control else
+                 f'(after the drop: {" ".join(uid_line.split())})'))
         print(f'plain:    pid {procs["plain"].pid} port {ports["plain"]} (no plugin, root)')
 
         for name in procs:  # warm-up, not counted
@@ -167,7 +181,8 @@ def main() -> int:
         print('\nraw runs:')
         for mode in MODES:
             for i in range(args.rounds):
-                for name in ('ours', 'plain'):
+                # Swap the order every round, so neither always runs first.
+                for name in (('ours', 'plain') if i % 2 == 0 else ('plain', 'ours')):
                     if procs[name].poll() is not None:
                         raise RuntimeError(f'{name} server exited: {procs[name].log_path}')
                     cpu0 = cpu_seconds(procs[name].pid)
@@ -201,6 +216,7 @@ def main() -> int:
     finally:
         for proc in procs.values():
             h.stop(proc)
+    print(h.load_footer())
     return 0
 
 

@@ -174,11 +174,18 @@ class DropPrivileges(SimplePlugin):
         self.bus.subscribe('start', self.arm, priority=ARM_PRIORITY)
         self.bus.subscribe('start', self.start, priority=self.priority)
         self._subscribed = True
+        if self.record is None:
+            # Hold the servers already on the bus from now on, not only from the
+            # arm: one whose start listener runs before it (priority < 10) would
+            # otherwise serve, as root, until the arm fails closed.
+            self.gate.close()
+            server_hooks.hold_servers_now(self.bus, self.gate)
 
     def unsubscribe(self) -> None:
         self.bus.unsubscribe('start', self.arm)
         self.bus.unsubscribe('start', self.start)
         self._subscribed = False
+        self.gate.open()  # no plugin, no drop: servers held for it must not wait forever
 
     def arm(self) -> None:
         """Before the servers: check the plan, close the gate, hook the servers."""

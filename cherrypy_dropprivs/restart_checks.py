@@ -124,6 +124,14 @@ def reexec_warning(blockers: Sequence[str], autoreload: bool) -> str:
     )
 
 
+def reexec_failure(why: str) -> str:
+    return (
+        f'cannot re-execute the process as {whoami()} for the restart: {why}. Install the '
+        f'application and Python where that user can read and execute them (not under a '
+        f'mode-700 home such as /root)'
+    )
+
+
 # -- listening sockets ----------------------------------------------------------
 
 

@@ -25,9 +25,8 @@ from cherrypy.process import wspbus
 
 from .errors import EXIT_DROP_FAILED
 from .gate import Gate
-from .identity import format_ids
 from .listening_sockets import KEEPER, addr_key
-from .restart_checks import ServerInfo, tls_files
+from .restart_checks import ServerInfo, reexec_blockers, reexec_failure, tls_files
 
 
 class UngateableServer(Exception):
@@ -93,6 +92,17 @@ def _poll_ready_quickly(adapter) -> None:
 
     adapter._dropprivs_wait = True
     adapter.wait = wait
+
+
+def hold_servers_now(bus, gate: Gate) -> None:
+    """Hook the servers already subscribed (at the plugin's subscribe), so one
+    whose start listener runs before the arm listener is held too. Problems are
+    left to the arm listener, which reports them and fails closed."""
+    for adapter in server_adapters(bus):
+        try:
+            arm(adapter, gate)
+        except Exception:
+            pass
 
 
 def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
@@ -207,19 +217,21 @@ def install_execv_handoff(bus) -> None:
         return
     do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
 
+    def fail(why: str):
+        bus.log(f'dropprivs: FAILED: {reexec_failure(why)}; exiting with status {EXIT_DROP_FAILED}',
+                level=logging.CRITICAL)
+        os._exit(EXIT_DROP_FAILED)
+
     def _do_execv():
+        if os.geteuid() != 0:  # after the drop: exec only what the new process can run
+            blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '', startup_cwd())
+            if blockers:
+                fail('; '.join(blockers))
         KEEPER.prepare_exec()
         try:
             return do_execv()
         except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
-            bus.log(
-                f'dropprivs: FAILED: cannot re-execute {sys.executable} as '
-                f'{format_ids(os.geteuid(), os.getegid(), os.getgroups())}: {e}. Install the '
-                f'application and Python where that user can read and execute them; '
-                f'exiting with status {EXIT_DROP_FAILED}',
-                level=logging.CRITICAL,
-            )
-            os._exit(EXIT_DROP_FAILED)
+            fail(f'execv({sys.executable}): {e}')
 
     def _set_cloexec():
         set_cloexec()

@@ -215,6 +215,25 @@ def _is_under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip('/') + '/')
 
 
+_MOUNT_NS_OK: list = []  # [ok, reason]: probed once
+
+
+def _check_mount_namespaces(blocked: Sequence[str]) -> None:
+    """Fail with the reason (not a mount error deep in a site's log) when this
+    machine cannot give a process a private mount namespace."""
+    if not _MOUNT_NS_OK:
+        probe = subprocess.run(['unshare', '-m', '--propagation', 'private', 'true'],
+                               capture_output=True, text=True, timeout=10)
+        _MOUNT_NS_OK.append(probe.returncode == 0)
+        if not _MOUNT_NS_OK[0]:
+            _MOUNT_NS_OK.append(probe.stderr.strip())
+    if not _MOUNT_NS_OK[0]:
+        pytest.fail(f'nobody cannot search {", ".join(blocked)}, so a process dropped to nobody '
+                    f'cannot re-execute the interpreter; making that possible without changing '
+                    f'host modes needs a private mount namespace, and `unshare -m` failed: '
+                    f'{_MOUNT_NS_OK[1]}', pytrace=False)
+
+
 def nobody_can_run(*paths: str, uid: int = NOBODY, gids: Sequence[int] = (NOBODY,)) -> List[str]:
     """argv prefix under which ``uid`` can reach the interpreter, the repo and ``paths``.
 
@@ -256,6 +275,7 @@ def nobody_can_run(*paths: str, uid: int = NOBODY, gids: Sequence[int] = (NOBODY
         kept.append((path, kind))
     if not kept:
         return []
+    _check_mount_namespaces([p for p, k in kept if k == 'cover'])
     tops = {p for p, _ in kept}
     stage = next(d for d in ('/mnt', '/media', '/srv', '/opt', '/var/tmp')
                  if os.path.isdir(d) and not any(_is_under(t, d) or _is_under(d, t) for t in tops))

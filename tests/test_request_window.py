@@ -29,9 +29,9 @@ STARTUPS = 3
 #: for a loaded 2-core machine. What makes it mean something is the window:
 #: every poller had a connection accepted while the process was root (8 per
 #: startup), and each of those was answered, by the dropped process.
-#: CherryPy's built-in plugin, polled the same way, answered 33-139 requests
-#: per startup as root with one server and 100-254 with two
-#: (benchmarks/requests_as_root.py).
+#: CherryPy's built-in plugin, polled the same way, answered 33-187 requests
+#: per startup as root with one server and 100-254 with two, depending on the
+#: machine's load (benchmarks/requests_as_root.py).
 MIN_ANSWERED = 20
 
 
@@ -73,6 +73,7 @@ def shared_record():
 
 
 def assert_served_nothing(startup, log: str) -> None:
+    assert startup.seconds < 5, f'took {startup.seconds:.1f}s to exit'
     got = [a for a in startup.attempts if a.received]
     assert not got, f'{len(got)} connections got response bytes, e.g. {got[:3]}\n{log}'
     # Connections accepted by the kernel while the process was root were held,
@@ -211,18 +212,24 @@ def test_server_starting_after_the_drop_fails_closed(site, tmp_path):
 
 
 @needs_root
-def test_server_started_before_the_plugin_arms_fails_closed(site):
-    """A server whose start listener runs before the arm listener (priority 5 < 10) is
-    already serving when the gate is installed; it cannot be held, so the process exits
-    at the arm, before any other server binds or the drop runs. (Between its start and
-    the arm it is an ordinary CherryPy server: configure servers at the default 75.)"""
+def test_server_starting_before_the_arm_listener_is_held_too(site):
+    """A server whose start listener runs before the plugin's arm listener (priority
+    5 < 10) is held from the plugin's subscribe on: polled from before the start, it
+    answers nothing as root, and what arrived in the window is served after the drop."""
     normal, early = two_ports()
-    proc = site(ports=[normal], wait=False, extra=['--server-at', str(early), '5'])
-    code = proc.wait_exit(timeout=10)
-    log = proc.log()
-    assert code == 77, log
-    assert f'server http://127.0.0.1:{early} was already serving before the drop' in log
-    assert f'Serving on http://127.0.0.1:{normal}' not in log
+    poller = WindowPoller([normal, early], per_port=4)
+    startup, proc = run_startup(
+        lambda: site(ports=[normal], wait=False, extra=['--server-at', str(early), '5']),
+        poller,
+    )
+    try:
+        assert proc.alive(), proc.log()
+        assert len(startup.answered) >= MIN_ANSWERED
+        assert {a.port for a in startup.window} == {normal, early}
+        assert all(a.outcome == ANSWERED for a in startup.window), startup.window
+        assert not startup.by_root, startup.by_root[:3]
+    finally:
+        stop_process(proc.popen)
 
 
 # -- nothing left on the request path -------------------------------------------

@@ -192,7 +192,8 @@ class Startup:
 
     attempts: List[Attempt]
     refused_before: Dict[int, int]
-    exit_code: Optional[int] = None
+    #: From just before the process was started until it was up (or had exited).
+    seconds: float = 0.0
 
     @property
     def answered(self) -> List[Attempt]:
@@ -225,18 +226,21 @@ def run_startup(start_process, poller: WindowPoller, *, tail: float = 0.3,
     try:
         poller.wait_refused()
         refused_before = dict(poller.refused)
+        t0 = time.monotonic()
         proc = start_process()
         poller.pid = proc.pid
-        deadline = time.monotonic() + timeout
+        deadline = t0 + timeout
         while time.monotonic() < deadline:
             if not proc.alive():
                 break
             if not expect_exit and poller.answered_on_every_port_after_drop():
-                time.sleep(tail)
                 break
             time.sleep(0.01)
+        seconds = time.monotonic() - t0
+        if not expect_exit and proc.alive():
+            time.sleep(tail)
         if expect_exit:
             time.sleep(0.2)  # let the pollers see the resets of held connections
     finally:
         poller.stop()
-    return Startup(poller.snapshot(), refused_before), proc
+    return Startup(poller.snapshot(), refused_before, seconds), proc
