@@ -10,7 +10,10 @@ difference between two runs is the plugin's. ``--port`` may be repeated: one ser
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
+from collections import Counter
 
 import cherrypy
 
@@ -21,6 +24,50 @@ class Hello:
         return 'Hello, world!'
 
 
+class CallCounter:
+    """``--count-calls``: every Python and C function call, per thread, by name.
+
+    Diagnostic only (it slows the site down a lot): throughput.py diffs two
+    snapshots of ``/calls/`` around N requests to list what one request runs.
+    """
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.all = []
+        self.lock = threading.Lock()
+
+    def profile(self, frame, event, arg):
+        if event not in ('call', 'c_call'):
+            return
+        counts = getattr(self.local, 'counts', None)
+        if counts is None:
+            counts = self.local.counts = Counter()
+            with self.lock:
+                self.all.append(counts)
+        if event == 'call':
+            code = frame.f_code
+            counts[f'{code.co_filename}:{code.co_firstlineno}:{code.co_name}'] += 1
+        else:
+            counts[f'builtin:{getattr(arg, "__qualname__", repr(arg))}'] += 1
+
+    def install(self) -> None:
+        threading.setprofile(self.profile)
+        sys.setprofile(self.profile)
+
+    @cherrypy.expose
+    def index(self):
+        sys.setprofile(None)  # the snapshot itself is not counted
+        try:
+            total = Counter()
+            with self.lock:
+                for c in self.all:
+                    total.update(dict(c))
+            cherrypy.response.headers['Content-Type'] = 'application/json'
+            return json.dumps(total).encode()
+        finally:
+            sys.setprofile(self.profile)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument('--host', default='127.0.0.1')
@@ -28,7 +75,10 @@ def main() -> int:
     p.add_argument('--plugin', choices=['ours', 'builtin', 'none', 'imported'], default='ours')
     p.add_argument('--user', default='nobody')
     p.add_argument('--quiet', action='store_true', help='no access/error log on the screen')
+    p.add_argument('--count-calls', action='store_true',
+                   help='diagnostic: count every function call; GET /calls/ returns the counts')
     args = p.parse_args()
+    counter = CallCounter() if args.count_calls else None
 
     cherrypy.config.update({
         'engine.autoreload.on': False,
@@ -42,6 +92,8 @@ def main() -> int:
         s.socket_host, s.socket_port = args.host, port
         s.subscribe()
     cherrypy.tree.mount(Hello(), '/')
+    if counter is not None:
+        cherrypy.tree.mount(counter, '/calls')
 
     if args.plugin == 'ours':
         from cherrypy_dropprivs import DropPrivileges
@@ -53,6 +105,8 @@ def main() -> int:
         Builtin(cherrypy.engine, uid=args.user, gid='nogroup').subscribe()
 
     cherrypy.engine.signals.subscribe()
+    if counter is not None:
+        counter.install()
     cherrypy.engine.start()
     cherrypy.engine.block()
     return 0

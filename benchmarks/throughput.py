@@ -19,7 +19,13 @@ every round (ours, plain, plain, ours, ours, ...) so that neither always goes
 first; each round gives one ratio from two adjacent runs. The script
 prints every raw figure, the medians and the ratio ours/plain (target >= 0.98),
 and the server's CPU time per request (from /proc/<pid>/stat), which other
-load on the machine disturbs much less than requests per second.
+load on the machine disturbs less than requests per second.
+
+Last, a check that does not depend on timing at all: both sites are started
+once more with ``--count-calls`` (a profile hook that counts every Python and
+C function call in the server), and the functions one request runs are
+compared, keep-alive and new connection. After the drop the plugin should add
+nothing to that path: no cherrypy_dropprivs function, the same calls.
 By default the servers share CPU 0 and the client runs on CPU 1 (``taskset``)
 to cut noise on small machines; ``--no-pin`` turns that off.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import re
 import shutil
@@ -35,7 +42,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # noqa: E402
@@ -115,6 +124,60 @@ def run_python(url: str, mode: str, duration: float, connections: int, pin: list
             'errors': f'{sum(errors)} errors' if sum(errors) else ''}
 
 
+def calls_per_request(port: int, mode: str, n: int) -> Dict[str, float]:
+    """Function calls one request runs, from two /calls snapshots around ``n`` requests."""
+    def snapshot() -> Counter:
+        status, body = h.get(f'http://127.0.0.1:{port}/calls/', timeout=30)
+        assert status == 200, status
+        return Counter(json.loads(body))
+
+    before = snapshot()
+    if mode == 'keep-alive':
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+        try:
+            for _ in range(n):
+                conn.request('GET', '/')
+                r = conn.getresponse()
+                r.read()
+        finally:
+            conn.close()
+    else:
+        for _ in range(n):
+            h.get(f'http://127.0.0.1:{port}/', timeout=30)
+    after = snapshot()
+    return {k: (after[k] - before[k]) / n for k in set(after) | set(before) if after[k] != before[k]}
+
+
+def call_profile(n: int, server_pin: list) -> None:
+    """The per-request code path of ours and plain, compared function by function."""
+    print(f'\nper-request code path (hello_site.py --count-calls; {n} requests per mode, one '
+          f'client connection; every Python and C function call counted in the server):')
+    found = {}
+    for name, plugin in (('ours', 'ours'), ('plain', 'none')):
+        port = h.free_privileged_port()
+        proc = h.start_site(server_pin + [h.PYTHON, HELLO, '--port', str(port), '--plugin', plugin,
+                                          '--quiet', '--count-calls'])
+        try:
+            h.wait_http(f'http://127.0.0.1:{port}/', popen=proc, timeout=60)
+            for mode in MODES:
+                calls_per_request(port, mode, 20)  # warm-up
+                found[name, mode] = calls_per_request(port, mode, n)
+        finally:
+            h.stop(proc)
+    for mode in MODES:
+        o, pl = found['ours', mode], found['plain', mode]
+        ours_pkg = sorted(k for k in o if 'cherrypy_dropprivs' in k and o[k] >= 0.01)
+        diff = sorted((k for k in set(o) | set(pl) if abs(o.get(k, 0) - pl.get(k, 0)) >= 0.5),
+                      key=lambda k: -abs(o.get(k, 0) - pl.get(k, 0)))
+        print(f'  {mode:15} calls per request: ours {sum(o.values()):.1f}, plain {sum(pl.values()):.1f}; '
+              f'cherrypy_dropprivs functions per request: {len(ours_pkg)}; functions whose count '
+              f'per request differs by >= 0.5: {len(diff)}')
+        for k in ours_pkg[:10]:
+            print(f'    in ours: {k} x{o[k]:.2f}')
+        for k in diff[:10]:
+            print(f'    differs: {k}: ours {o.get(k, 0):.2f}, plain {pl.get(k, 0):.2f}')
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--duration', type=float, default=5.0, help='seconds per run (default 5)')
@@ -122,6 +185,8 @@ def main() -> int:
     p.add_argument('--connections', type=int, default=8)
     p.add_argument('--client', choices=['auto', 'wrk', 'python'], default='auto')
     p.add_argument('--no-pin', action='store_true', help='do not pin servers/client to CPUs')
+    p.add_argument('--calls', type=int, default=300,
+                   help='requests per mode for the per-request code path comparison (0: skip)')
     p.add_argument('--control', action='store_true',
                    help='A/A control: run plain CherryPy in both slots; the "ratio" then shows '
                         'what noise alone does on this machine')
@@ -216,6 +281,8 @@ def main() -> int:
     finally:
         for proc in procs.values():
             h.stop(proc)
+    if args.calls and not args.control:
+        call_profile(args.calls, server_pin)
     print(h.load_footer())
     return 0
 
