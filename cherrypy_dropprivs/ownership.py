@@ -49,23 +49,38 @@ def hand_over(
     if link:
         return f'{path}: the symlink {link} is not owned by root; refusing to chown through it'
     try:
-        st = os.stat(path)
+        lst = os.lstat(path)
     except OSError as e:
         return f'{path}: {e.strerror}'
-    if stat.S_ISDIR(st.st_mode):
-        if not directory_ok:
-            return f'{path} is a directory, expected a file'
-    elif not stat.S_ISREG(st.st_mode):
+    if stat.S_ISLNK(lst.st_mode) and lst.st_uid != 0:
+        return f'{path}: a symlink not owned by root; refusing to chown through it'
+    if not (stat.S_ISDIR(lst.st_mode) or stat.S_ISREG(lst.st_mode) or stat.S_ISLNK(lst.st_mode)):
         return f'{path} is not a regular file (a device or pipe is left as it is)'
-    elif st.st_nlink > 1:
-        return f'{path} has {st.st_nlink} hard links; refusing to chown a file linked elsewhere'
-    if (st.st_uid, st.st_gid) == (who.uid, who.gid) or dry_run:
-        return None
+    # Work on an open descriptor, not the name: the file cannot be swapped for a
+    # link between the checks and the chown (O_NOFOLLOW on the last component).
+    real = os.path.realpath(path) if stat.S_ISLNK(lst.st_mode) else path
     try:
-        os.chown(path, who.uid, who.gid)
-        mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
-        if stat.S_IMODE(os.stat(path).st_mode) & 0o1777 != mode & 0o1777:
-            os.chmod(path, mode)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        return f'{path}: chown to {who.uid}:{who.gid} failed: {e.strerror}'
-    return None
+        return f'{path}: {e.strerror}'
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            if not directory_ok:
+                return f'{path} is a directory, expected a file'
+        elif not stat.S_ISREG(st.st_mode):
+            return f'{path} is not a regular file (a device or pipe is left as it is)'
+        elif st.st_nlink > 1:
+            return f'{path} has {st.st_nlink} hard links; refusing to chown a file linked elsewhere'
+        if (st.st_uid, st.st_gid) == (who.uid, who.gid) or dry_run:
+            return None
+        try:
+            os.fchown(fd, who.uid, who.gid)
+            mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
+            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+        except OSError as e:
+            return f'{path}: chown to {who.uid}:{who.gid} failed: {e.strerror}'
+        return None
+    finally:
+        os.close(fd)
