@@ -110,7 +110,7 @@ FAKE_GROUPS = [
 
 def _fake_site(site, tmp_path, options):
     files = user_db(tmp_path / 'db', FAKE_USERS, FAKE_GROUPS)
-    return site(options=options, prefix=in_namespace([], tmp_path / 'stage', files=files))
+    return site(options=options, prefix=in_namespace([], files=files))
 
 
 @needs_root

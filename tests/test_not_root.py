@@ -16,10 +16,10 @@ from dropcheck import dropprivs_lines, only_line
 from namespaces import in_namespace
 
 
-def _as_nobody(spawn, tmp_path, options: str, groups=()):
+def _as_nobody(spawn, options: str, groups=()):
     port = free_port()
     argv = [sys.executable, str(SITE), '--port', str(port), '--options', options, '--log-levels']
-    return spawn(in_namespace(argv, tmp_path / 'stage', run_as=65534, run_groups=groups), ports=[port])
+    return spawn(in_namespace(argv, run_as=65534, run_groups=groups), ports=[port])
 
 
 @needs_root  # root is needed to become nobody; the site itself never has root
@@ -27,9 +27,9 @@ def _as_nobody(spawn, tmp_path, options: str, groups=()):
     ((), 'no identity change, running as uid=65534(nobody)'),
     ((65534,), 'no identity change, already running as the target uid=65534(nobody)'),
 ], ids=['not-the-target', 'exactly-the-target'])
-def test_not_root_changes_nothing_and_warns_once(spawn, tmp_path, groups, message):
+def test_not_root_changes_nothing_and_warns_once(spawn, groups, message):
     """Started as nobody (not the target's groups, or exactly the target): one WARNING, no change."""
-    proc = _as_nobody(spawn, tmp_path, '{"uid": "nobody"}', groups)
+    proc = _as_nobody(spawn, '{"uid": "nobody"}', groups)
     served = proc.wait_http().json()
     assert served['uids'] == [65534] * 4 and served['gids'] == [65534] * 4
     assert served['groups'] == list(groups)
@@ -45,8 +45,8 @@ def test_not_root_changes_nothing_and_warns_once(spawn, tmp_path, groups, messag
 
 
 @needs_root
-def test_require_root_refuses_to_serve(spawn, tmp_path):
-    proc = _as_nobody(spawn, tmp_path, '{"require_root": true}')
+def test_require_root_refuses_to_serve(spawn):
+    proc = _as_nobody(spawn, '{"require_root": true}')
     status = proc.wait_exit(timeout=10)
     log = proc.log()
     assert status == 77, log
