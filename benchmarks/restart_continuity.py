@@ -36,6 +36,9 @@ sys.path.insert(0, str(REPO / 'tests'))
 import conftest  # noqa: E402  (free ports, nobody_can_run, stop_process)
 import poller  # noqa: E402
 
+sys.path.insert(0, str(REPO / 'benchmarks'))
+from _harness import machine_header  # noqa: E402
+
 OUTAGE_MIN_MS = 20.0  # a gap between answers longer than this counts as an outage
 
 
@@ -117,6 +120,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print('run as root: the privileged-port setups start as root and drop', file=sys.stderr)
         return 2
+    print(machine_header())
     prefix = conftest.nobody_can_run()  # lets nobody re-exec the interpreter (see tests/conftest.py)
     nobody = json.dumps({'uid': 'nobody'})
     with tempfile.TemporaryDirectory(prefix='restart-continuity-') as tmp:

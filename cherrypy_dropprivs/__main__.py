@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -13,7 +14,11 @@ def main(argv=None) -> int:
         return 2
     from .check_command import run
 
-    return run(argv[1:])
+    try:
+        return run(argv[1:])
+    except BrokenPipeError:  # e.g. piped into head: not an error of the check
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == '__main__':
