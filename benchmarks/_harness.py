@@ -22,7 +22,6 @@ import http.client
 import os
 import platform
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,14 @@ from typing import Dict, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO / 'tests'))
+
+import conftest  # noqa: E402
+
+#: Stop by pid (SIGTERM, then SIGKILL), then its process group: the tests' own.
+stop = conftest.stop_process
+
+
 #: The configurable test site (``--plugin ours|builtin|none``, ``--port``, ...).
 SITE = REPO / 'tests' / 'sites' / 'site.py'
 PYTHON = sys.executable
@@ -130,25 +137,6 @@ def wait_http(url: str, timeout: float = 20.0, popen: Optional[subprocess.Popen]
             pass
         time.sleep(interval)
     raise RuntimeError(f'timed out after {timeout}s waiting for 200 from {url}')
-
-
-def stop(popen: subprocess.Popen, timeout: float = 5.0) -> None:
-    """Stop by pid: SIGTERM, then SIGKILL; then its process group."""
-    if popen.poll() is None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(popen.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                popen.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def vm_rss_kib(pid: int) -> int:
