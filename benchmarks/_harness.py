@@ -21,8 +21,6 @@ import datetime
 import http.client
 import os
 import platform
-import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,38 +37,15 @@ import conftest  # noqa: E402
 
 #: Stop by pid (SIGTERM, then SIGKILL), then its process group: the tests' own.
 stop = conftest.stop_process
-
-
 #: The configurable test site (``--plugin ours|builtin|none``, ``--port``, ...).
 SITE = REPO / 'tests' / 'sites' / 'site.py'
 PYTHON = sys.executable
 LOG_DIR = Path(tempfile.mkdtemp(prefix='dropprivs-bench-'))
 
 
-def _port_free(port: int, host: str = '127.0.0.1') -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A free unprivileged port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def free_privileged_port() -> int:
-    """A free port in 100..1023 on 127.0.0.1 (never assumes 80 is free)."""
-    for _ in range(200):
-        port = random.randint(100, 1023)
-        if _port_free(port):
-            return port
-    raise RuntimeError('no free privileged port found')
+#: Free ports on 127.0.0.1, as the tests pick them (never assumes 80 is free).
+free_port = conftest.free_port
+free_privileged_port = conftest.free_privileged_port
 
 
 _counter = 0
