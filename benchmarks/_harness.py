@@ -57,17 +57,7 @@ def start_site(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
     global _counter
     _counter += 1
     log = Path(log) if log else LOG_DIR / f'site{_counter}.log'
-    full_env = dict(os.environ)
-    full_env['PYTHONUNBUFFERED'] = '1'
-    full_env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (str(REPO), full_env.get('PYTHONPATH')) if p)
-    if env:
-        full_env.update(env)
-    with open(log, 'wb') as out:
-        popen = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=str(REPO), start_new_session=True,
-        )
+    popen = conftest.start_process(argv, log, env=env)
     popen.log_path = log  # type: ignore[attr-defined]
     return popen
 

@@ -133,6 +133,22 @@ def stop_process(popen: subprocess.Popen, timeout: float = 5) -> None:
         pass
 
 
+def start_process(argv: Sequence[str], log: Path, env: Optional[dict] = None,
+                  cwd=None) -> subprocess.Popen:
+    """Start ``argv`` in its own session, output to ``log``, the repo importable."""
+    full_env = dict(os.environ)
+    full_env['PYTHONUNBUFFERED'] = '1'
+    full_env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (str(REPO), full_env.get('PYTHONPATH')) if p)
+    if env:
+        full_env.update(env)
+    with open(log, 'wb') as out:
+        return subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=full_env, cwd=cwd or str(REPO), start_new_session=True,
+        )
+
+
 @pytest.fixture
 def spawn(tmp_path):
     """spawn(argv, env=..., cwd=..., ports=...) -> Proc; stopped by pid afterwards."""
@@ -140,17 +156,7 @@ def spawn(tmp_path):
 
     def _spawn(argv: Sequence[str], env: Optional[dict] = None, cwd=None, ports=()) -> Proc:
         log = tmp_path / f'proc{len(started)}.log'
-        full_env = dict(os.environ)
-        full_env['PYTHONUNBUFFERED'] = '1'
-        full_env['PYTHONPATH'] = os.pathsep.join(
-            p for p in (str(REPO), full_env.get('PYTHONPATH')) if p)
-        if env:
-            full_env.update(env)
-        with open(log, 'wb') as out:
-            popen = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=full_env, cwd=cwd or str(REPO), start_new_session=True,
-            )
+        popen = start_process(argv, log, env=env, cwd=cwd)
         started.append(popen)
         return Proc(popen, log, ports)
 
