@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import os
 
+from .kernel_view import thread_creds
+
 PR_GET_DUMPABLE = 3
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
@@ -60,6 +62,11 @@ def clear_thread_capabilities() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), data), 'capset')
+
+
+def held_in_any_thread() -> bool:
+    """Whether any thread of this process has a capability in any set but the bounding one."""
+    return any(t.cap_prm or t.cap_eff or t.cap_amb or t.cap_inh for t in thread_creds('self'))
 
 
 def set_no_new_privs() -> None:

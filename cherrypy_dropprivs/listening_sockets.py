@@ -1,15 +1,19 @@
 """Listening sockets kept open for the life of the process and across execv.
 
 After the drop the process can no longer bind a privileged port. Keeping a
-duplicate of every listening socket lets a server stop and start again in
+duplicate of such a listening socket lets a server stop and start again in
 the same process, and lets a re-executed process (engine.restart(), the
-autoreloader, SIGHUP) adopt them instead of binding, as systemd's
-LISTEN_FDS and nginx's binary upgrade do. Because the socket never closes,
-clients only ever wait in the backlog; none is refused.
+autoreloader, SIGHUP) adopt it instead of binding, as systemd's LISTEN_FDS
+and nginx's binary upgrade do. Across a re-exec the socket keeps listening:
+clients wait in the backlog and none is refused. After a plain stop it is
+*paused* (``shutdown``: no longer listening, so clients are refused as by a
+closed port, but still bound), and listening again on the next start needs
+no privilege. Sockets the process could bind again are not kept at all.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -19,6 +23,11 @@ from typing import Dict, Optional, Set, Union
 HANDOFF_ENV = 'CHERRYPY_DROPPRIVS_SOCKETS'
 
 Addr = Union[tuple, str, bytes, None]
+
+#: The listen backlog a held server gets at the least (capped by SOMAXCONN):
+#: while the gate is shut every arriving client waits there, and CherryPy's
+#: default of 5 would make the kernel drop new connections within moments.
+HOLD_BACKLOG = 1024
 
 
 def addr_key(bind_addr: Addr) -> str:
@@ -64,6 +73,21 @@ class SocketKeeper:
                 out.add(s.getsockname()[1])
         return out
 
+    def pause(self, key: str) -> None:
+        """Stop listening on the kept socket for ``key`` but keep it bound.
+
+        On Linux ``shutdown`` of a listening socket resets the connections
+        waiting in its backlog and leaves it bound and unconnected: new
+        clients are refused, as after CherryPy closes a port, and a later
+        ``listen`` (cheroot's, on the next start) needs no privilege.
+        """
+        kept = self._kept.get(key)
+        if kept is not None and is_listening(kept):
+            try:
+                kept.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
     def fds(self) -> Dict[str, int]:
         return {k: s.fileno() for k, s in self._kept.items()}
 
@@ -101,13 +125,78 @@ class SocketKeeper:
                 sock = socket.socket(fileno=fd)
             except OSError:
                 continue
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+            if not is_listening(sock):
                 sock.detach()
                 continue
             sock.set_inheritable(False)
             self._kept[key] = sock
         self.adopted_from_exec = bool(self._kept)
         return len(self._kept)
+
+
+def hold_backlog() -> int:
+    """``min(net.core.somaxconn, HOLD_BACKLOG)``: the kernel caps listen() there anyway."""
+    try:
+        with open('/proc/sys/net/core/somaxconn') as f:
+            somaxconn = int(f.read())
+    except (OSError, ValueError):
+        somaxconn = socket.SOMAXCONN
+    return max(1, min(somaxconn, HOLD_BACKLOG))
+
+
+def listening_problem(sock: Optional[socket.socket], bind_addr: Addr) -> Optional[str]:
+    """Why ``sock`` is not listening on ``bind_addr``; None when it is.
+
+    Asks the socket itself and never connects to it: a connection would need
+    a free slot in the backlog that held clients may have filled.
+    """
+    if sock is None:
+        return 'it has no socket'
+    if not is_listening(sock):
+        return 'its socket is not listening'
+    try:
+        name = sock.getsockname()
+    except OSError as e:
+        return f'its socket has no address ({e})'
+    if isinstance(bind_addr, (tuple, list)):
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return f'its socket is {sock.family.name}, not an IP socket'
+        port = int(bind_addr[1])
+        if port and name[1] != port:
+            return f'its socket is bound to port {name[1]}, not {port}'
+        if not _same_host(str(bind_addr[0]), str(name[0])):
+            return f'its socket is bound to {name[0]}, not {bind_addr[0]}'
+    elif bind_addr is not None:
+        if sock.family != socket.AF_UNIX:
+            return f'its socket is {sock.family.name}, not a UNIX socket'
+        if os.fsencode(name) != os.fsencode(bind_addr):
+            return f'its socket is bound to {name!r}, not {bind_addr!r}'
+    return None
+
+
+def _ip(host: str):
+    try:
+        ip = ipaddress.ip_address(host.strip('[]').split('%')[0])
+    except ValueError:
+        return None  # a name: cheroot resolved it; nothing to compare without asking DNS
+    mapped = getattr(ip, 'ipv4_mapped', None)
+    return mapped if mapped is not None else ip
+
+
+def _same_host(configured: str, bound: str) -> bool:
+    want, got = _ip(configured) if configured else ipaddress.ip_address('0.0.0.0'), _ip(bound)
+    if want is None or got is None:
+        return True
+    if want.is_unspecified:
+        return got.is_unspecified
+    return want == got
+
+
+def is_listening(sock: socket.socket) -> bool:
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    except OSError:
+        return False
 
 
 #: One per process: sockets belong to the process, not to a bus or plugin.

@@ -23,7 +23,7 @@ from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, 
 from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, PrivilegeDropError
 from .gate import Gate
 from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
-from .listening_sockets import KEEPER
+from .listening_sockets import HANDOFF_ENV, KEEPER
 from .umask import parse_umask
 from .verify import verify_dropped, verify_threads
 
@@ -56,6 +56,8 @@ class DropPrivileges(SimplePlugin):
     ) -> None:
         super().__init__(bus)
         self._subscribed = False
+        #: Whether this start holds the servers (decided at arm; see _must_hold).
+        self._holding = True
         self.gate = Gate()
         #: The first drop's record; a second start only re-verifies.
         self.record = None
@@ -174,7 +176,7 @@ class DropPrivileges(SimplePlugin):
         self.bus.subscribe('start', self.arm, priority=ARM_PRIORITY)
         self.bus.subscribe('start', self.start, priority=self.priority)
         self._subscribed = True
-        if self.record is None:
+        if self.record is None and self._must_hold():
             # Hold the servers already on the bus from now on, not only from the
             # arm: one whose start listener runs before it (priority < 10) would
             # otherwise serve, as root, until the arm fails closed.
@@ -211,6 +213,13 @@ class DropPrivileges(SimplePlugin):
                 self._fail(str(e), EXIT_DROP_FAILED)
         else:  # a second start: already dropped (or never root); nothing to classify
             outcome = self.record.outcome
+        self._holding = self._must_hold()
+        if not self._holding:
+            # Nothing to take away before serving: stay out of CherryPy's way
+            # (no gate, no kept sockets, CherryPy's own readiness check).
+            self.gate.open()
+            self._fail_if_cannot_serve()
+            return
         server_hooks.patch_port_checks()
         self.gate.close()
         self.gate.thread_actions = self._thread_actions(outcome)
@@ -219,22 +228,43 @@ class DropPrivileges(SimplePlugin):
                 server_hooks.arm(adapter, self.gate)
             except server_hooks.UngateableServer as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
+        self._fail_if_cannot_serve()
+
+    def _fail_if_cannot_serve(self) -> None:
         if not holds_root():  # e.g. re-executed after the drop: fail clearly, not in cheroot
             problem = restart_guard.cannot_serve(self.bus)
             if problem:
                 self._fail(problem, EXIT_DROP_FAILED)
 
+    def _must_hold(self) -> bool:
+        """Whether the servers must wait at the gate until the drop is verified.
+
+        Only when there is something to take away before serving: root, a
+        capability in any thread, no_new_privs to set, or the sockets of a
+        dropped process re-executed by a restart. Otherwise (a process that
+        is not root and holds nothing) the plugin stays out of CherryPy's way.
+        """
+        return bool(
+            holds_root()
+            or capabilities.held_in_any_thread()
+            or self.no_new_privs
+            or KEEPER.adopted_from_exec
+            or HANDOFF_ENV in os.environ
+            or (self.record is not None and self.record.outcome == DROPPED)
+        )
+
     def start(self) -> None:
         """After the servers have bound: drop, verify, then let them serve."""
         try:
             adapters = server_hooks.server_adapters(self.bus)
-            unbound = list(server_hooks.iter_unbound(adapters))
-            if unbound:
-                raise PrivilegeDropError(
-                    'servers',
-                    f'not bound when the drop ran (priority {self.priority}): '
-                    f'{", ".join(unbound)}; every server must start before the drop',
-                )
+            if self._holding:
+                unbound = list(server_hooks.iter_unbound(adapters))
+                if unbound:
+                    raise PrivilegeDropError(
+                        'servers',
+                        f'not bound when the drop ran (priority {self.priority}): '
+                        f'{"; ".join(unbound)}; every server must start before the drop',
+                    )
             if self.record is None:
                 self._first_drop()
                 if self.record.outcome == DROPPED:
@@ -242,8 +272,9 @@ class DropPrivileges(SimplePlugin):
                         self._log(warning, logging.WARNING)
             else:
                 self._again()
-            server_hooks.keep_sockets(adapters)
-            server_hooks.install_execv_handoff(self.bus)
+            if self._holding:
+                server_hooks.keep_sockets(adapters)
+                server_hooks.install_execv_handoff(self.bus)
         except Exception as e:  # any failure at all: fail closed
             self._fail(f'{e}', EXIT_DROP_FAILED)
         self.gate.open()
@@ -261,7 +292,8 @@ class DropPrivileges(SimplePlugin):
                 f'dropping privileges: from {Snapshot.take().describe()} to '
                 f'{target.describe()} umask={_mask(plan.umask)}'
             )
-        operating.before_drop(self, plan, outcome)
+        if self._holding:
+            operating.before_drop(self, plan, outcome)
         record = carry_out(plan)
         operating.after_drop(self, plan, outcome)
         record = verify(plan, record)

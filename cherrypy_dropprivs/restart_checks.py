@@ -157,6 +157,32 @@ def can_bind_privileged() -> bool:
     return False
 
 
+def can_bind_again(bind_addr: Union[tuple, str, bytes, None]) -> bool:
+    """Could this process, as it is now, bind ``bind_addr`` after closing it?
+
+    Called after the drop: a privileged port, or a UNIX socket whose file the
+    process could not replace, must be kept open; anything else is closed on
+    stop as CherryPy closes it, and bound again on start.
+    """
+    if bind_addr is None:
+        return True
+    if isinstance(bind_addr, (tuple, list)):
+        port = int(bind_addr[1])
+        return not 0 < port < unprivileged_port_start() or can_bind_privileged()
+    path = os.fsdecode(bind_addr)
+    if not path or path.startswith('\0'):
+        return True  # the abstract namespace needs no permission
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return False
+    try:  # cheroot unlinks the old file first; in a sticky directory only its owner may
+        st_dir, st_file = os.stat(parent), os.lstat(path)
+    except OSError:
+        return True
+    me = os.geteuid()
+    return not st_dir.st_mode & 0o1000 or me in (st_dir.st_uid, st_file.st_uid)
+
+
 def cannot_listen(servers: Sequence[ServerInfo], socket_activation: bool = False) -> List[str]:
     """Servers this (non-root) process could neither adopt a socket for nor bind."""
     out = []

@@ -25,12 +25,16 @@ from cherrypy.process import wspbus
 
 from .errors import EXIT_DROP_FAILED
 from .gate import Gate
-from .listening_sockets import KEEPER, addr_key
-from .restart_checks import ServerInfo, reexec_blockers, reexec_failure, tls_files
+from .listening_sockets import KEEPER, addr_key, hold_backlog, listening_problem
+from .restart_checks import ServerInfo, can_bind_again, reexec_blockers, reexec_failure, tls_files
 
 
 class UngateableServer(Exception):
     """A server the gate cannot hold (not a cheroot HTTPServer)."""
+
+
+class NotListening(Exception):
+    """A held server's start ended without a socket listening on its address."""
 
 
 def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
@@ -53,7 +57,7 @@ def describe(adapter) -> str:
 
 def arm(adapter, gate: Gate) -> None:
     """Make ``adapter``'s server wait at ``gate`` and adopt kept sockets."""
-    _poll_ready_quickly(adapter)
+    _wait_without_connecting(adapter, gate)
     if adapter.httpserver is not None:
         hook_httpserver(adapter, adapter.httpserver, gate)
         return
@@ -73,22 +77,36 @@ def arm(adapter, gate: Gate) -> None:
     adapter.httpserver_from_self = httpserver_from_self
 
 
-def _poll_ready_quickly(adapter) -> None:
-    """ServerAdapter.wait() polls ``ready`` every 100 ms, and the gate stays
-    shut until every server has passed it: a first check that misses costs
-    each start, and each restart's outage, up to 100 ms. Poll every 5 ms
-    first, then let CherryPy's own wait do its remaining checks."""
+def _wait_without_connecting(adapter, gate: Gate) -> None:
+    """Replace ServerAdapter.wait() while the gate is shut.
+
+    CherryPy's wait() proves a server is up by connecting to it (portend),
+    which needs a free slot in the very backlog that held clients fill: under
+    traffic it times out and the start fails. While the gate is shut the
+    server's own state is the proof instead: its accept loop is ready and its
+    socket is listening on the configured address. The state is polled every
+    5 ms (CherryPy polls every 100 ms), since every start and restart waits
+    for it. With the gate open, CherryPy's own wait() runs unchanged.
+    """
+    adapter._dropprivs_wait_gate = gate
     if '_dropprivs_wait' in adapter.__dict__:
         return
     cherrypy_wait = adapter.wait
 
     def wait():
-        deadline = time.monotonic() + 1.0
-        while not getattr(adapter.httpserver, 'ready', False) and time.monotonic() < deadline:
+        if adapter._dropprivs_wait_gate.is_open:
+            return cherrypy_wait()
+        adapter.__dict__.pop('_dropprivs_unbound', None)
+        while not getattr(adapter.httpserver, 'ready', False):
             if adapter.interrupt:
                 raise adapter.interrupt
             time.sleep(0.005)
-        return cherrypy_wait()
+        hs = adapter.httpserver
+        problem = listening_problem(getattr(hs, 'socket', None), adapter.bind_addr)
+        if problem:
+            adapter._dropprivs_unbound = problem
+            raise NotListening(f'server {describe(adapter)} is not listening: {problem}')
+        return None
 
     adapter._dropprivs_wait = True
     adapter.wait = wait
@@ -158,6 +176,14 @@ def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
             return None
         return cls.serve(httpserver)
 
+    def stop():
+        cls.stop(httpserver)
+        if not getattr(adapter.bus, 'execv', False):
+            # A stop for good: refuse new clients as a closed port would,
+            # but keep the socket bound for a later start. Across a re-exec
+            # it keeps listening and clients wait in its backlog instead.
+            KEEPER.pause(key())
+
     pool = httpserver.requests
     start_pool = pool.start
 
@@ -166,9 +192,12 @@ def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
         return start_pool()
 
     key()
+    # Clients that arrive while the gate is shut can only wait: make room.
+    httpserver.request_queue_size = max(httpserver.request_queue_size or 0, hold_backlog())
     httpserver.bind = bind
     httpserver.bind_unix_socket = bind_unix_socket
     httpserver.serve = serve
+    httpserver.stop = stop
     pool.start = start_workers
     httpserver._dropprivs_hooked = True
 
@@ -186,10 +215,12 @@ def is_bound(adapter) -> bool:
 
 
 def keep_sockets(adapters) -> None:
+    """After the drop: keep each socket this process could not bind again."""
+    from_activation = bool(os.environ.get('LISTEN_PID'))
     for adapter in adapters:
         hs = adapter.httpserver
-        from_activation = bool(os.environ.get('LISTEN_PID'))
-        KEEPER.keep(hs._dropprivs_key, hs.socket, from_activation)
+        if from_activation or not can_bind_again(adapter.bind_addr):
+            KEEPER.keep(hs._dropprivs_key, hs.socket, from_activation)
 
 
 class _PortendWithKeptSockets:
@@ -264,6 +295,25 @@ def startup_cwd() -> str:
 
 
 def iter_unbound(adapters) -> Iterator[str]:
+    """'server (address): why' for each server that is not bound and held."""
     for adapter in adapters:
         if not is_bound(adapter):
-            yield describe(adapter)
+            yield f'{describe(adapter)} (address {adapter.bind_addr!r}): {unbound_reason(adapter)}'
+
+
+def unbound_reason(adapter) -> str:
+    hs = adapter.httpserver
+    if adapter.interrupt is not None:
+        return f'its start failed: {adapter.interrupt!r}'
+    why = adapter.__dict__.get('_dropprivs_unbound')
+    if why:
+        return why
+    if hs is None:
+        return 'it has no HTTP server (its start listener did not run)'
+    if not getattr(hs, 'ready', False):
+        return 'its accept loop is not ready'
+    if getattr(hs, 'socket', None) is None:
+        return 'it has no socket'
+    if not hs.__dict__.get('_dropprivs_hooked'):
+        return 'it is not held by the gate'
+    return 'it is not running'

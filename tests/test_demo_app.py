@@ -104,7 +104,7 @@ def test_not_root_serves_on_given_port_and_says_why(spawn):
     for t in proc.threads():
         assert t.uids == (NOBODY,) * 4 and t.gids == (NOBODY,) * 4 and t.groups == (), t
     assert 'Nothing was dropped' in proc.get('/').text
-    assert 'not started as root: no identity change' in proc.log()
+    assert 'not started as root: no identity change' in proc.wait_log('not started as root', timeout=10)
 
 
 @needs_root

@@ -257,7 +257,7 @@ def test_only_the_serve_entry_is_gated():
     # The only methods shadowed per instance are the one-shot ones; everything a
     # request goes through (accept, connections, workers) is the class's own.
     # (A new hook must be one-shot too: add it here only if no request goes through it.)
-    assert shadowed(httpserver) == {'bind', 'bind_unix_socket', 'serve'}
+    assert shadowed(httpserver) == {'bind', 'bind_unix_socket', 'serve', 'stop'}
     assert shadowed(httpserver.requests) == {'start'}
     assert httpserver.ConnectionClass is cheroot.server.HTTPConnection
 

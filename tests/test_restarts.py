@@ -333,20 +333,26 @@ def test_sighup_restart_when_daemonized(spawn, tmp_path):
         assert 'SIGHUP caught while daemonized. Restarting.' in log.read_text()
         assert_clean(p, min_boots=2)
         assert_dropped_everywhere(second['pid'])
-    finally:  # the daemon left the launcher's session: stop each daemon pid seen
-        if pid_file.exists() and pid_file.read_text().strip().isdigit():
-            pids.add(int(pid_file.read_text()))
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for pid in pids:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and os.path.exists(f'/proc/{pid}'):
-                time.sleep(0.05)
-            if os.path.exists(f'/proc/{pid}'):
-                os.kill(pid, signal.SIGKILL)
+    finally:
+        stop_daemons(pids, pid_file)
+
+
+def stop_daemons(pids: set, pid_file) -> None:
+    """The daemon left the launcher's session (and re-forks on each restart):
+    stop each daemon pid seen, and the one in ``pid_file``, by pid."""
+    if pid_file.exists() and pid_file.read_text().strip().isdigit():
+        pids.add(int(pid_file.read_text()))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f'/proc/{pid}'):
+            time.sleep(0.05)
+        if os.path.exists(f'/proc/{pid}'):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_restart_under_systemd_socket_activation(spawn):
