@@ -17,7 +17,9 @@ import ipaddress
 import json
 import os
 import socket
-from typing import Dict, Optional, Set, Union
+from typing import Dict, List, Optional, Set, Union
+
+from .restart_checks import unprivileged_port_start
 
 #: Environment variable that carries the kept sockets across execv.
 HANDOFF_ENV = 'CHERRYPY_DROPPRIVS_SOCKETS'
@@ -111,27 +113,67 @@ class SocketKeeper:
         if self._fd3_handed:
             os.set_inheritable(3, True)
 
-    def adopt_inherited(self, env: Optional[dict] = None) -> int:
-        """Adopt sockets handed over by our own execv; returns how many."""
-        env = os.environ if env is None else env
-        raw = env.pop(HANDOFF_ENV, None)
+    def adopt_inherited(self, expected: Dict[str, Addr], holds_root: bool) -> List[str]:
+        """Adopt the sockets our own execv handed over; returns what was refused.
+
+        The hand-over is only a hint in the environment, which whoever starts
+        the process controls. So a root start adopts nothing (it binds its own
+        sockets), and a re-executed process adopts only a listening stream
+        socket whose address matches the configured server of the same key
+        (``expected``: key -> configured bind address). Anything else is
+        returned as a reason, for the caller to fail closed with.
+        """
+        raw = os.environ.pop(HANDOFF_ENV, None)
         if not raw:
-            return 0
-        data = json.loads(raw)
-        if data.get('pid') != os.getpid():
-            return 0  # inherited by some other program's child: not ours
-        for key, fd in data['sockets'].items():
-            try:
-                sock = socket.socket(fileno=fd)
-            except OSError:
+            return []
+        if holds_root:
+            return []  # binds afresh; the described fds are not touched
+        try:
+            data = json.loads(raw)
+            pid, sockets = data['pid'], dict(data['sockets'])
+        except (ValueError, KeyError, TypeError) as e:
+            return [f'{HANDOFF_ENV} is malformed ({e!r})']
+        if pid != os.getpid():
+            return []  # inherited by some other program's child: not ours
+        refused = []
+        for key, fd in sockets.items():
+            why = _unadoptable(key, fd, expected)
+            if why:
+                refused.append(f'fd {fd} ({key}): {why}')
                 continue
-            if not is_listening(sock):
-                sock.detach()
-                continue
+            sock = socket.socket(fileno=fd)
             sock.set_inheritable(False)
             self._kept[key] = sock
         self.adopted_from_exec = bool(self._kept)
-        return len(self._kept)
+        return refused
+
+    def proves_root_start(self) -> bool:
+        """Whether an adopted socket is one only root could have bound: a TCP
+        port below ip_unprivileged_port_start. The environment can be forged;
+        a bound privileged port cannot (short of a process holding
+        CAP_NET_BIND_SERVICE, or the dropped site itself handing its own
+        sockets on)."""
+        limit = unprivileged_port_start()
+        return any(s.family in (socket.AF_INET, socket.AF_INET6) and 0 < s.getsockname()[1] < limit
+                   for s in self._kept.values())
+
+
+def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:
+    """Why the handed-over ``fd`` must not be adopted for ``key``, or None."""
+    if key not in expected:
+        return 'no configured server has this address'
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 3:
+        return 'not a descriptor number above 2'
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        return f'not an open socket ({e.strerror})'
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            return f'a {sock.type.name} socket, not a stream socket'
+        return listening_problem(sock, expected[key])
+    finally:
+        sock.close()
 
 
 def hold_backlog() -> int:

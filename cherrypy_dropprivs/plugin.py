@@ -182,6 +182,7 @@ class DropPrivileges(SimplePlugin):
             # otherwise serve, as root, until the arm fails closed.
             self.gate.close()
             server_hooks.hold_servers_now(self.bus, self.gate)
+            server_hooks.hold_servers_subscribed_later(self.bus, self.gate)
 
     def unsubscribe(self) -> None:
         self.bus.unsubscribe('start', self.arm)
@@ -201,11 +202,11 @@ class DropPrivileges(SimplePlugin):
             self._plan = self.plan()
         except (ValueError, TypeError) as e:
             self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
-        KEEPER.adopt_inherited()
         if self.record is None:
-            if KEEPER.adopted_from_exec and self._plan.require_root:
+            self._adopt_handed_over_sockets()
+            if self._plan.require_root and not holds_root() and KEEPER.proves_root_start():
                 # Re-executed by our own restart: root was checked (and dropped)
-                # before the exec; requiring it again would end every restart.
+                # before the exec, and a socket only root could bind proves it.
                 self._plan = dataclasses.replace(self._plan, require_root=False)
             try:
                 outcome = classify(self._plan)
@@ -229,6 +230,15 @@ class DropPrivileges(SimplePlugin):
             except server_hooks.UngateableServer as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
         self._fail_if_cannot_serve()
+
+    def _adopt_handed_over_sockets(self) -> None:
+        """Adopt what our own re-exec handed over, and nothing else."""
+        expected = {server_hooks.adapter_key(a): a.bind_addr for a in server_hooks.server_adapters(self.bus)}
+        refused = KEEPER.adopt_inherited(expected, holds_root())
+        if refused:
+            self._fail(f'refusing the listening sockets handed over in {HANDOFF_ENV}: '
+                       f'{"; ".join(refused)}; only a listening socket on the address of a '
+                       f'configured server is adopted', EXIT_DROP_FAILED)
 
     def _fail_if_cannot_serve(self) -> None:
         if not holds_root():  # e.g. re-executed after the drop: fail clearly, not in cheroot

@@ -47,6 +47,15 @@ def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
     return found
 
 
+def adapter_key(adapter, httpserver=None) -> str:
+    """The KEEPER key of a server's configured address (the same after execv)."""
+    httpserver = httpserver if httpserver is not None else adapter.httpserver
+    configured = adapter.bind_addr
+    if configured is None and httpserver is not None:
+        configured = httpserver.bind_addr
+    return addr_key(configured)
+
+
 def describe(adapter) -> str:
     try:
         # An unstarted cherrypy Server describes itself as '' (no httpserver yet).
@@ -123,6 +132,34 @@ def hold_servers_now(bus, gate: Gate) -> None:
             pass
 
 
+def hold_servers_subscribed_later(bus, gate: Gate) -> None:
+    """Hook each server as it subscribes to the bus while ``gate`` is shut.
+
+    A server subscribed after the plugin, with a start priority below the arm
+    listener's, would otherwise start (and serve, as root) before anything
+    could hold it. Problems are left to the arm listener, as above.
+    """
+    if '_dropprivs_subscribe' in bus.__dict__:
+        bus._dropprivs_subscribe_gate = gate
+        return
+    original = bus.subscribe
+
+    def subscribe(channel, callback=None, priority=None):
+        result = original(channel, callback, priority)
+        owner = getattr(callback, '__self__', None)
+        if (channel == 'start' and isinstance(owner, cp_servers.ServerAdapter)
+                and not bus._dropprivs_subscribe_gate.is_open):
+            try:
+                arm(owner, bus._dropprivs_subscribe_gate)
+            except Exception:
+                pass
+        return result
+
+    bus._dropprivs_subscribe_gate = gate
+    bus._dropprivs_subscribe = True
+    bus.subscribe = subscribe
+
+
 def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
     if not isinstance(httpserver, cheroot.server.HTTPServer):
         raise UngateableServer(
@@ -146,8 +183,7 @@ def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
     def key() -> str:
         cached = httpserver.__dict__.get('_dropprivs_key')
         if cached is None:
-            configured = adapter.bind_addr if adapter.bind_addr is not None else httpserver.bind_addr
-            cached = httpserver._dropprivs_key = addr_key(configured)
+            cached = httpserver._dropprivs_key = adapter_key(adapter, httpserver)
         return cached
 
     def adopt(sock):
@@ -298,7 +334,9 @@ def iter_unbound(adapters) -> Iterator[str]:
     """'server (address): why' for each server that is not bound and held."""
     for adapter in adapters:
         if not is_bound(adapter):
-            yield f'{describe(adapter)} (address {adapter.bind_addr!r}): {unbound_reason(adapter)}'
+            name, addr = describe(adapter), repr(adapter.bind_addr)
+            where = name if name == addr else f'{name} (address {addr})'
+            yield f'{where}: {unbound_reason(adapter)}'
 
 
 def unbound_reason(adapter) -> str:

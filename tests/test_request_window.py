@@ -212,14 +212,17 @@ def test_server_starting_after_the_drop_fails_closed(site, tmp_path):
 
 
 @needs_root
-def test_server_starting_before_the_arm_listener_is_held_too(site):
+@pytest.mark.parametrize('option', ['--server-at', '--late-server-at'],
+                         ids=['subscribed-before-the-plugin', 'subscribed-after-the-plugin'])
+def test_server_starting_before_the_arm_listener_is_held_too(site, option):
     """A server whose start listener runs before the plugin's arm listener (priority
-    5 < 10) is held from the plugin's subscribe on: polled from before the start, it
-    answers nothing as root, and what arrived in the window is served after the drop."""
+    5 < 10) is held from the plugin's subscribe on (or from its own subscribe, when it
+    comes after the plugin's): polled from before the start, it answers nothing as
+    root, and what arrived in the window is served after the drop."""
     normal, early = two_ports()
     poller = WindowPoller([normal, early], per_port=4)
     startup, proc = run_startup(
-        lambda: site(ports=[normal], wait=False, extra=['--server-at', str(early), '5']),
+        lambda: site(ports=[normal], wait=False, extra=[option, str(early), '5']),
         poller,
     )
     try:

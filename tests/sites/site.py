@@ -126,6 +126,9 @@ def main():
                    metavar=('PORT', 'PRIORITY'),
                    help='one more HTTP server whose start listener runs at PRIORITY '
                         '(e.g. 5: before the drop plugin arms; 80: after the drop)')
+    p.add_argument('--late-server-at', nargs=2, type=int, action='append', default=[],
+                   metavar=('PORT', 'PRIORITY'),
+                   help='like --server-at, but subscribed after the drop plugin')
     args = p.parse_args()
 
     cherrypy.config.update({
@@ -184,6 +187,11 @@ def main():
         Builtin(cherrypy.engine, **options).subscribe()
     if args.config:
         cherrypy.config.update(args.config)
+    for port, priority in args.late_server_at:
+        s = cherrypy._cpserver.Server()
+        s.socket_host, s.socket_port, s.thread_pool = args.host, port, 4
+        cherrypy.engine.subscribe('start', s.start, priority=priority)
+        cherrypy.engine.subscribe('stop', s.stop)
 
     if args.record_listener:
         def record():
