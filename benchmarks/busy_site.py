@@ -105,7 +105,7 @@ def restart_with_idle(plugin: str) -> str:
 
 STOP_SCRIPT = '''
 import sys, cherrypy
-cherrypy.config.update({{'log.screen': True, 'checker.on': False}})
+cherrypy.config.update({{'log.screen': True, 'checker.on': False, 'engine.autoreload.on': False}})
 cherrypy.server.socket_host, cherrypy.server.socket_port = '127.0.0.1', {port}
 cherrypy.tree.mount(None, '/')
 if {ours}:
@@ -123,10 +123,10 @@ def stop_then_probe(plugin: str, privileged: bool) -> str:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (ROOT, REPO) if p))
     p = subprocess.Popen([sys.executable, '-c', STOP_SCRIPT.format(port=port, ours=plugin == 'ours')],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=env, start_new_session=True)
+                         text=True, env=env, start_new_session=True, cwd=str(LOG_DIR))
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and 'STOPPED' not in (p.stdout.readline() or 'STOPPED'):
+        while time.monotonic() < deadline and (p.stdout.readline() or 'STOPPED').strip() != 'STOPPED':
             pass
         try:
             socket.create_connection(('127.0.0.1', port), timeout=2).close()

@@ -209,7 +209,7 @@ def test_sighup_restart_daemonized_with_idle_keepalive_and_a_crowd(spawn, tmp_pa
 STOP_THEN = '''
 import sys, cherrypy
 from cherrypy_dropprivs import DropPrivileges
-cherrypy.config.update({{'log.screen': True, 'checker.on': False}})
+cherrypy.config.update({{'log.screen': True, 'checker.on': False, 'engine.autoreload.on': False}})
 cherrypy.server.socket_host, cherrypy.server.socket_port = '127.0.0.1', {port}
 class Root:
     @cherrypy.expose

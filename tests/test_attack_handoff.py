@@ -1,0 +1,82 @@
+"""The restart hand-over cannot be forged (issue 10, item 6).
+
+CHERRYPY_DROPPRIVS_SOCKETS tells a re-executed process which inherited
+descriptors are its listening sockets. The environment is whoever started the
+process: tests/sites/forge_handoff.py plays a forger that binds a socket,
+describes it with its own pid (execv keeps the pid, as an exec wrapper's
+would) and execs the site, as root or as nobody. Assertions are on real
+answers, the exit status and the kernel's socket table.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+from conftest import HERE, NOBODY, free_port, free_privileged_port, needs_root, nobody_can_run
+
+pytestmark = needs_root
+
+FORGE = str(HERE / 'sites' / 'forge_handoff.py')
+
+
+def _answers(port: int) -> bool:
+    """Whether an HTTP request on ``port`` gets any answer within a second."""
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=1) as s:
+            s.sendall(b'GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            return bool(s.recv(1))
+    except OSError:
+        return False
+
+
+def test_root_start_never_adopts_a_forged_socket(spawn):
+    """A root start whose environment describes a socket on another port (on
+    0.0.0.0) as the configured server's binds its own: the configured port
+    serves, dropped, and the forged socket serves nothing."""
+    port, other = free_privileged_port(), free_privileged_port()
+    while other == port:
+        other = free_privileged_port()
+    proc = spawn([sys.executable, FORGE, '--bind', '0.0.0.0', str(other), '--key', '127.0.0.1', str(port),
+                  '--', '--port', str(port)], ports=[port])
+    body = proc.wait_http().json()
+    assert body['pid'] == proc.pid and body['uids'] == [NOBODY] * 4
+    assert not _answers(other), 'the forged socket was adopted and served'
+
+
+def test_reexec_refuses_a_socket_on_another_address(spawn):
+    """Not root, the hand-over names a socket bound elsewhere than the
+    configured server: exit 77 before serving, naming the descriptor."""
+    port, other = free_port(), free_port()
+    proc = spawn([*nobody_can_run(), sys.executable, FORGE, '--bind', '127.0.0.1', str(other),
+                  '--key', '127.0.0.1', str(port), '--as-nobody', '--', '--port', str(port)], ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    assert 'refusing the listening sockets handed over in CHERRYPY_DROPPRIVS_SOCKETS' in log, log
+    assert f'its socket is bound to port {other}, not {port}' in log, log
+    assert 'Serving on' not in log and not _answers(other)
+
+
+def test_require_root_is_not_skipped_by_a_forged_handoff(spawn):
+    """Not root, require_root set, and a forged hand-over of a socket that does
+    match the configured (unprivileged) address: nothing proves a root start
+    (no privileged port), so require_root still refuses: exit 77."""
+    port = free_port()
+    proc = spawn([*nobody_can_run(), sys.executable, FORGE, '--bind', '127.0.0.1', str(port),
+                  '--key', '127.0.0.1', str(port), '--as-nobody', '--',
+                  '--port', str(port), '--options', '{"require_root": true}'], ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    assert f'require_root: not started as root (uid={NOBODY})' in log, log
+
+
+@pytest.mark.parametrize('bad', ['{not json', '{"pid": 1}'])
+def test_malformed_handoff_in_a_root_start_is_ignored(spawn, bad):
+    """A root start ignores the variable whatever it holds, and serves."""
+    port = free_privileged_port()
+    proc = spawn([sys.executable, str(HERE / 'sites' / 'site.py'), '--port', str(port)],
+                 env={'CHERRYPY_DROPPRIVS_SOCKETS': bad}, ports=[port])
+    assert proc.wait_http().json()['uids'] == [NOBODY] * 4
