@@ -12,6 +12,7 @@ root would do. Exit status: 0 all sound, 1 problems found, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from . import findings as F
 from .drop import Plan, make_plan
 from .environment import login_environment
+from .errors import OPTION_NAMES, ConfigError
 from .identity import format_ids
 from .operating import check_chown
 from .ownership import hand_over
@@ -55,15 +57,38 @@ def read_configs(paths: Sequence[str]) -> Dict[str, Dict[str, object]]:
 
     merged: Dict[str, Dict[str, object]] = {}
     for path in paths:
-        for section, values in reprconf.Parser().dict_from_file(path).items():
+        try:
+            sections = reprconf.Parser().dict_from_file(path)
+        except OSError:
+            raise
+        except configparser.MissingSectionHeaderError:
+            raise ValueError(f'{path}: no section header before the first setting; a CherryPy '
+                             f'config file starts with a section such as [global]') from None
+        except configparser.DuplicateSectionError as e:
+            raise ValueError(f'{path}: section [{e.section}] appears more than once') from None
+        except Exception as e:  # CherryPy's reader: values must be Python literals
+            raise ValueError(f'{path}: {_reader_error(e)}') from None
+        if not isinstance(sections, dict):
+            raise ValueError(f'{path}: not a CherryPy config file')
+        for section, values in sections.items():
             merged.setdefault(section, {}).update(values)
     return merged
+
+
+def _reader_error(e: Exception) -> str:
+    """CherryPy's reader wraps a bad value as ValueError(message, kind, args)."""
+    if isinstance(e, ValueError) and len(e.args) == 3 and isinstance(e.args[0], str):
+        return f'{e.args[0]} ({e.args[1]}: {"; ".join(map(str, e.args[2]))})'
+    return f'{type(e).__name__}: {e}'
 
 
 def _options(conf: Dict[str, Dict[str, object]], args: argparse.Namespace) -> Dict[str, object]:
     glob = conf.get('global', {})
     prefix = 'engine.dropprivs.'
     opts = {k[len(prefix):]: v for k, v in glob.items() if k.startswith(prefix)}
+    for name in opts:
+        if name != 'on' and name not in OPTION_NAMES:
+            raise ConfigError(name)
     for name in ('uid', 'gid', 'umask'):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
@@ -220,8 +245,8 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
         opts = _options(conf, args)
         plan = _plan(opts)
         chown_logs = _flag(opts, 'chown_logs', True)
-        chown = check_chown(list(opts.get('chown') or []) + list(args.chown))
-    except (OSError, ValueError, TypeError) as e:
+        chown = check_chown(check_chown(opts.get('chown')) + list(args.chown))
+    except Exception as e:  # every bad file or value is bad input, said in one line
         say(f'error: {e}')
         return EXIT_BAD_INPUT
     if plan.target is None:

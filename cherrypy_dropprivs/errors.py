@@ -14,6 +14,26 @@ EXIT_DROP_FAILED = 77
 EXIT_BAD_CONFIG = 78
 
 
+#: Every option of DropPrivileges, each also a config key ``engine.dropprivs.<name>``.
+OPTION_NAMES = ('uid', 'gid', 'groups', 'umask', 'require_root', 'no_new_privs', 'priority',
+                'chown_logs', 'chown')
+
+
+class ConfigError(ValueError):
+    """An ``engine.dropprivs.*`` key that is not an option (e.g. misspelt).
+
+    Raised when the config is applied, so that a typo cannot leave the real
+    option silently off. Like a bad option value, it ends the process with
+    EXIT_BAD_CONFIG when nothing catches it (as under cherryd): see
+    activation.install.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f'unknown option engine.dropprivs.{name}; the options are: {", ".join(OPTION_NAMES)} '
+            f'(and on, to subscribe)')
+
+
 class PrivilegeDropError(RuntimeError):
     """The drop, or its verification, failed at a named step.
 

@@ -20,7 +20,7 @@ from cherrypy.process.plugins import SimplePlugin
 from . import capabilities, operating, restart_guard, server_hooks
 from .credentials import holds_root
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
-from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, PrivilegeDropError
+from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, OPTION_NAMES, ConfigError, PrivilegeDropError
 from .gate import Gate
 from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
 from .listening_sockets import HANDOFF_ENV, KEEPER
@@ -76,6 +76,22 @@ class DropPrivileges(SimplePlugin):
         self.plan()  # the combination too, now, before anything binds
 
     # -- options: each value is checked as it is set (also from config) ---
+
+    #: Public names that may be set: the options, and what SimplePlugin and
+    #: this class set themselves. Anything else is a misspelt option.
+    _settable = frozenset(OPTION_NAMES + ('bus', 'gate', 'record'))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # engine.dropprivs.<key> in a config file is a setattr on this object.
+        if name.startswith('_'):
+            return super().__setattr__(name, value)
+        if name not in self._settable:
+            raise ConfigError(name)
+        try:
+            super().__setattr__(name, value)
+        except (ValueError, TypeError) as e:
+            e.dropprivs_option = name  # type: ignore[attr-defined]  (exit 78 if uncaught)
+            raise
 
     @property
     def uid(self) -> Optional[IdSpec]:

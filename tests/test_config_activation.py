@@ -16,6 +16,7 @@ from conftest import REPO, SITE, free_privileged_port, needs_root
 from dropcheck import every_thread, unused_id, user_groups
 
 import cherrypy_dropprivs  # noqa: F401  (creates cherrypy.engine.dropprivs)
+from cherrypy_dropprivs.errors import ConfigError
 
 CHERRYD = os.path.join(os.path.dirname(sys.executable), 'cherryd')
 
@@ -64,8 +65,9 @@ def test_cherryd_bad_value_exits_before_binding(spawn, tmp_path):
                   '-i', 'cherrypy_dropprivs', '-i', 'cherryd_site', '-c', conf], ports=[port])
     status = proc.wait_exit(timeout=10)
     log = proc.log()
-    assert status != 0, log
+    assert status == 78, log
     assert "ValueError: umask '089' is not octal; accepted: an int in 0..0o777" in log, log
+    assert 'Traceback' not in log, log
     assert 'Serving on' not in log and 'Bus STARTING' not in log, log
 
 
@@ -126,3 +128,28 @@ def test_config_bad_value_raises_when_set(engine_dropprivs, tmp_path, key, text,
         cherrypy.config.update(str(path))
     assert message in str(info.value)
     assert 'accepted' in str(info.value) or 'must be' in str(info.value)
+
+
+@pytest.mark.parametrize('key', ['require_roots', 'no_new_priv', 'umaks'])
+def test_config_unknown_key_raises_naming_it(engine_dropprivs, tmp_path, key):
+    """A misspelt key must not be accepted while the real option stays off."""
+    path = tmp_path / 'typo.conf'
+    path.write_text(f'[global]\nengine.dropprivs.{key}: True\n')
+    with pytest.raises(ConfigError) as info:
+        cherrypy.config.update(str(path))
+    assert f'unknown option engine.dropprivs.{key}' in str(info.value)
+    assert 'require_root, no_new_privs' in str(info.value)
+    assert not hasattr(engine_dropprivs, key)
+
+
+@needs_root
+def test_cherryd_unknown_key_exits_78_before_binding(spawn, tmp_path):
+    port = free_privileged_port()
+    conf = _conf(tmp_path, port, uid="'nobody'", require_roots='True')
+    proc = spawn([sys.executable, CHERRYD, '-P', str(REPO / 'tests' / 'sites'),
+                  '-i', 'cherrypy_dropprivs', '-i', 'cherryd_site', '-c', conf], ports=[port])
+    status = proc.wait_exit(timeout=10)
+    log = proc.log()
+    assert status == 78, log
+    assert 'bad configuration: unknown option engine.dropprivs.require_roots; the options are: uid' in log
+    assert 'Traceback' not in log and 'Serving on' not in log and 'Bus STARTING' not in log, log

@@ -219,3 +219,20 @@ def test_check_works_without_root(spawn, open_dir):
     assert rc == 1, out
     assert 'from: uid=0(root) when started as root; this process is uid=65534(nobody)' in out
     assert 'the Autoreloader watches' in out and f'directory {watched}' in out
+
+
+@pytest.mark.parametrize('text, message', [
+    ('engine.dropprivs.uid: "nobody"\n', 'no section header before the first setting'),
+    ('[global]\na: 1\n[global]\nb: 2\n', 'section [global] appears more than once'),
+    ('[global]\nengine.dropprivs.uid: nobody\n', 'Config values must be valid Python'),
+    ('[global]\nengine.dropprivs.chown: "/var/lib/site"\n', 'chown must be a list of paths'),
+    ('[global]\nengine.dropprivs.umaks: 0o027\n', 'unknown option engine.dropprivs.umaks; the options are'),
+], ids=['no-section', 'duplicate-section', 'not-a-literal', 'string-chown', 'misspelt-key'])
+def test_check_malformed_file_exits_2_with_a_message(spawn, tmp_path, text, message):
+    """Every malformed file or value: exit 2 and one line, never a traceback."""
+    conf = tmp_path / 'bad.conf'
+    conf.write_text(text)
+    rc, out = _check(spawn, str(conf))
+    assert rc == 2, out
+    assert 'error: ' in out and message in out, out
+    assert 'Traceback' not in out, out
