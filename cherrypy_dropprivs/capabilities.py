@@ -64,6 +64,25 @@ def clear_thread_capabilities() -> None:
     _check(_libc.capset(ctypes.byref(header), data), 'capset')
 
 
+def clear_inheritable() -> None:
+    """Empty the calling thread's inheritable set; keep its permitted and effective sets.
+
+    Safe as root before the drop: the thread keeps what it may still need
+    (e.g. CAP_SETUID for glibc's set*id broadcast). The kernel clears
+    permitted, effective and ambient at setresuid, never inheritable; with a
+    non-empty inheritable set an exec of a file with ``+ei`` file
+    capabilities would grant them again. Lowering needs no privilege.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), 'capget')
+    if not (data[0].inheritable or data[1].inheritable):
+        return
+    data[0].inheritable = data[1].inheritable = 0
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    _check(_libc.capset(ctypes.byref(header), data), 'capset')
+
+
 def held_in_any_thread() -> bool:
     """Whether any thread of this process has a capability in any set but the bounding one."""
     return any(t.cap_prm or t.cap_eff or t.cap_amb or t.cap_inh for t in thread_creds('self'))

@@ -18,6 +18,14 @@ def holds_root() -> bool:
     return 0 in os.getresuid()
 
 
+def root_groups_held() -> list:
+    """Where this process holds group 0 (real/effective/saved gid, supplementary); [] if nowhere."""
+    held = [f'{name} gid 0' for name, g in zip(('real', 'effective', 'saved'), os.getresgid()) if g == 0]
+    if 0 in os.getgroups():
+        held.append('supplementary group 0')
+    return held
+
+
 def switch_credentials(target: Identity) -> None:
     """Permanently become ``target``. Raises PrivilegeDropError naming the step."""
     if os.geteuid() != 0 and holds_root():

@@ -6,17 +6,18 @@ carried out on the calling thread, then verified against the kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
-from . import capabilities
-from .credentials import holds_root, switch_credentials
+from . import capabilities, children, limits, terminal, thread_sweep
+from .credentials import holds_root, root_groups_held, switch_credentials
 from .environment import apply_login_environment
 from .errors import PrivilegeDropError
 from .identity import Identity, IdSpec, check_groups_form, format_ids, resolve_identity
 from .umask import current_umask, parse_umask
-from .verify import verify_dropped, verify_threads
+from .verify import verify_dropped, verify_no_terminal, verify_threads
 
 #: What a drop did: it changed identity, found the target already in place
 #: (a re-executed process), or ran without root and changed no identity.
@@ -62,6 +63,8 @@ class DropRecord:
     target: Optional[Identity]
     outcome: str
     threads_checked: int = 0
+    #: What was done about a controlling terminal before the drop ([] if nothing).
+    terminal: Tuple[str, ...] = ()
 
 
 def make_plan(
@@ -101,6 +104,14 @@ def classify(plan: Plan) -> str:
         raise PrivilegeDropError(
             'require_root', f'not started as root (uid={os.getuid()}), but require_root is set'
         )
+    held = root_groups_held()
+    if held:
+        raise PrivilegeDropError(
+            'root group',
+            f'not started as root (uid={os.getuid()}), but holding group 0: {", ".join(held)}; '
+            f'without root nothing can remove it: start as root to drop it, or without group 0 '
+            f'(systemd: a Group= other than root, no SupplementaryGroups=root)',
+        )
     t = plan.target
     if (
         t is not None
@@ -121,8 +132,19 @@ def carry_out(plan: Plan) -> DropRecord:
     """
     before = Snapshot.take()
     outcome = classify(plan)
+    # Checked before anything changes: over the limit, the dropped process
+    # could not start the threads it still needs (nor re-exec).
+    limits.check_nproc(plan.target.uid if outcome == DROPPED else os.getuid())
+    tty: Tuple[str, ...] = ()
+    if outcome == DROPPED or _foreign_terminal():
+        tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
     if outcome == DROPPED:
         switch_credentials(plan.target)
+        # setresuid cleared permitted, effective and ambient in every thread,
+        # but not inheritable: clear it here and in older background threads.
+        _step('clear capabilities', capabilities.clear_thread_capabilities)
+        thread_sweep.apply_to_existing_threads(
+            [capabilities.clear_thread_capabilities], clear_caps=True, no_new_privs=False)
     else:
         _step('clear capabilities', capabilities.clear_thread_capabilities)
     if plan.umask is not None:
@@ -131,7 +153,7 @@ def carry_out(plan: Plan) -> DropRecord:
         apply_login_environment(plan.target, before.uids[1], before.home)
     if plan.no_new_privs:
         _step('prctl(PR_SET_NO_NEW_PRIVS)', capabilities.set_no_new_privs)
-    return DropRecord(before, Snapshot.take(), plan.target, outcome)
+    return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
 
 
 def verify(plan: Plan, record: DropRecord) -> DropRecord:
@@ -140,7 +162,10 @@ def verify(plan: Plan, record: DropRecord) -> DropRecord:
         n = verify_dropped(plan.target, plan.no_new_privs)
     else:
         n = verify_threads(None, plan.no_new_privs)
-    return DropRecord(record.before, record.after, record.target, record.outcome, n)
+    if record.outcome == DROPPED or record.terminal:
+        verify_no_terminal()
+    children.verify_no_root_children()
+    return dataclasses.replace(record, threads_checked=n)
 
 
 def drop_privileges(
@@ -163,8 +188,14 @@ def drop_privileges(
     return verify(plan, carry_out(plan))
 
 
-def _step(name: str, func) -> None:
+def _foreign_terminal() -> bool:
+    """Not root, but with a controlling terminal that belongs to another user (root's)."""
+    owner = _step('look at the controlling terminal', terminal.terminal_owner)
+    return owner is not None and owner != os.getuid()
+
+
+def _step(name: str, func):
     try:
-        func()
+        return func()
     except OSError as e:
         raise PrivilegeDropError(name, 'the kernel refused', e) from e

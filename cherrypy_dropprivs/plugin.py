@@ -214,6 +214,9 @@ class DropPrivileges(SimplePlugin):
             self._fail(f'holding the servers until the drop: {e!r}', EXIT_DROP_FAILED)
 
     def _arm(self) -> None:
+        # Threads started from here on (servers, workers, plugins) inherit an
+        # empty inheritable set; older ones are swept at the drop.
+        capabilities.clear_inheritable()
         try:
             self._plan = self.plan()
         except (ValueError, TypeError) as e:
@@ -323,6 +326,8 @@ class DropPrivileges(SimplePlugin):
         record = carry_out(plan)
         operating.after_drop(self, plan, outcome)
         record = verify(plan, record)
+        for line in record.terminal:
+            self._log(line)
         self.record = record
         if outcome == DROPPED:
             self._log(
@@ -359,7 +364,7 @@ class DropPrivileges(SimplePlugin):
 
     def _thread_actions(self, outcome: str):
         """What each server thread does to itself before creating its workers."""
-        actions = []
+        actions = [capabilities.clear_inheritable]  # setresuid never clears CapInh
         if outcome in (NOT_ROOT, ALREADY_TARGET):
             actions.append(capabilities.clear_thread_capabilities)
         if self._plan.no_new_privs:

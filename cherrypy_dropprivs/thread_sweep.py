@@ -1,6 +1,7 @@
 """Per-thread settings for threads that already exist when the drop runs.
 
-Capabilities (capset, PR_CAP_AMBIENT) and no_new_privs are per thread: a call
+Capabilities (capset, PR_CAP_AMBIENT; the inheritable set too, which
+setresuid leaves alone) and no_new_privs are per thread: a call
 in the main thread does not reach the Autoreloader's Monitor thread or any
 other ``BackgroundTask`` started before the drop (priority 70). A thread can
 only change its own, so each such task gets a one-shot wrapper around its
@@ -29,7 +30,8 @@ SLACK = 1.0
 def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool) -> List[str]:
     out = []
     if clear_caps:
-        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb)):
+        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
+                             ('CapInh', t.cap_inh)):
             if value:
                 out.append(f'{label} {value:016x}')
     if no_new_privs and not t.no_new_privs:

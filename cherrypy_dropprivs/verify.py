@@ -66,7 +66,8 @@ def thread_problems(
                 problems.append(f'{where}: Gid {t.gids}, expected {target.gid} x4')
             if sorted(set(t.groups)) != sorted(set(target.groups)):
                 problems.append(f'{where}: Groups {list(t.groups)}, expected {list(target.groups)}')
-        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb)):
+        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
+                             ('CapInh', t.cap_inh)):
             if value:
                 problems.append(f'{where}: {label} {value:016x}, expected 0')
         if no_new_privs and not t.no_new_privs:
@@ -83,6 +84,18 @@ def verify_threads(target: Optional[Identity], no_new_privs: bool = False) -> in
     if problems:
         raise VerificationError('/proc/self/task', '; '.join(problems))
     return len(threads)
+
+
+def verify_no_terminal() -> None:
+    """No controlling terminal: /proc/self/stat field 7 (tty_nr) is 0."""
+    if not sys.platform.startswith('linux'):
+        return
+    from .terminal import tty_nr
+    nr = tty_nr()
+    if nr:
+        raise VerificationError(
+            'terminal', f'still has a controlling terminal (tty_nr {nr:#x}): it could type '
+            f'into that terminal (TIOCSTI)')
 
 
 def verify_dropped(target: Identity, no_new_privs: bool = False) -> int:

@@ -1,0 +1,228 @@
+"""Attacks on root through the process itself, each played for real (issue 10, items 4, 5, 8, 9, 11).
+
+A real pseudo-terminal with TIOCSTI, real ``setpriv --inh-caps``, a real
+child started as root before the drop, real gid 0 without root, and a real
+``prlimit --nproc``. Every process is stopped by pid; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NOBODY, free_port, free_privileged_port, needs_root, nobody_can_run, wait_for
+from dropcheck import only_line
+
+from cherrypy_dropprivs.terminal import tty_nr
+
+ATTACK_SITE = Path(__file__).resolve().parent / 'sites' / 'attack_site.py'
+
+# What a shell does for a foreground job (or, with 'leader', what `exec site`
+# from a login shell gives): the terminal becomes the controlling terminal of
+# a new session; the job gets its own process group, made the foreground one.
+LAUNCHER = r'''
+import os, signal, sys, fcntl, termios
+mode, slave, pidfile, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+if os.getsid(0) != os.getpid():
+    os.setsid()
+fd = os.open(slave, os.O_RDWR | os.O_NOCTTY)
+fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+if mode == 'leader':
+    with open(pidfile, 'w') as f:
+        f.write(f'{os.getpid()}\n')
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    os.execv(argv[0], argv)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.read(r, 1)
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    os.execv(argv[0], argv)
+os.setpgid(pid, pid)
+os.tcsetpgrp(fd, pid)
+os.write(w, b'x')
+with open(pidfile, 'w') as f:
+    f.write(f'{pid}\n')
+_, status = os.waitpid(pid, 0)
+print('EXIT', os.waitstatus_to_exitcode(status), flush=True)
+'''
+
+
+def _kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] in ('Z', 'X')
+    except FileNotFoundError:
+        return True
+
+
+class _Drain(threading.Thread):
+    """Collects everything written to the terminal (the pty master), so writers never block."""
+
+    def __init__(self, fd: int):
+        super().__init__(daemon=True)
+        self.fd, self.data, self.stop = fd, bytearray(), threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            if select.select([self.fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                self.data += chunk
+
+    def text(self) -> str:
+        return self.data.decode(errors='replace')
+
+
+def _pending_input(slave: int) -> bytes:
+    """Whatever sits in the terminal's input queue (what root's shell would read next)."""
+    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
+    fcntl.fcntl(slave, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        return os.read(slave, 4096)
+    except BlockingIOError:
+        return b''
+    finally:
+        fcntl.fcntl(slave, fcntl.F_SETFL, flags)
+
+
+@needs_root
+@pytest.mark.parametrize('mode', ['job', 'leader'])
+def test_terminal_given_up_tiocsti_fails_ctrl_c_and_screen_work(spawn, tmp_path, request, mode):
+    """Root's terminal: after the drop no TIOCSTI, no keystrokes read, tty_nr 0; the screen
+    log still shows; as a shell's job, Ctrl-C on the terminal still stops the site."""
+    master, slave = os.openpty()
+    request.addfinalizer(lambda: [os.close(fd) for fd in (master, slave)])
+    attrs = termios.tcgetattr(slave)
+    attrs[3] = (attrs[3] & ~(termios.ICANON | termios.ECHO)) | termios.ISIG  # raw-ish, Ctrl-C kept
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    drain = _Drain(master)
+    drain.start()
+    request.addfinalizer(drain.stop.set)
+
+    port, pidfile = free_privileged_port(), tmp_path / 'site.pid'
+    launcher = spawn([sys.executable, '-c', LAUNCHER, mode, os.ttyname(slave), str(pidfile),
+                      sys.executable, str(ATTACK_SITE), '--port', str(port)], ports=[port])
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what='site pid'))
+    request.addfinalizer(lambda: _kill_pid(pid))
+    launcher.pid = pid  # requests go to the site; the spawn fixture still stops the launcher
+    wait_for(lambda: 'verified on' in drain.text(), 20, what=f'"verified" on the terminal:\n{drain.text()}')
+
+    assert tty_nr(pid) == 0
+    who = launcher.get('/whoami').json()
+    assert who['uid'] == NOBODY and who['pid'] == pid
+    assert 'SignalHandler' in who['sighup'], who  # CherryPy's own SIGHUP handler, restored
+    tried = launcher.get('/tiocsti', params={'text': 'touch /tmp/pwned\n'}).json()
+    assert tried == {'fd0': 'EPERM', 'fd1': 'EPERM', 'fd2': 'EPERM', 'devtty': 'ENXIO'}, tried
+    time.sleep(0.2)
+    assert _pending_input(slave) == b''  # nothing typed for root's shell to read
+    os.write(master, b'secret\n')  # root types: the site cannot read it
+    assert launcher.get('/readkeys').json() == {'fd0': 'EBADF', 'fd1': 'EBADF', 'fd2': 'EBADF'}
+    assert _pending_input(slave) == b'secret\n'
+    wait_for(lambda: 'GET /readkeys' in drain.text(), 5, what='the access log on the screen')
+
+    if mode == 'job':
+        os.write(master, b'\x03')  # Ctrl-C: SIGINT to the foreground process group
+        wait_for(lambda: _gone(pid), 15, what='the site to stop on Ctrl-C')
+        wait_for(lambda: 'EXIT' in launcher.log(), 5, what='the launcher to reap the site')
+        assert 'Bus EXITED' in drain.text()
+    else:
+        # Documented limit: a session leader that gives up its terminal takes it from the
+        # whole session, so Ctrl-C there reaches nobody; it survived the SIGHUP, and stops
+        # on SIGTERM.
+        os.write(master, b'\x03')
+        time.sleep(1)
+        assert not _gone(pid)
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: _gone(pid), 15, what='the site to stop on SIGTERM')
+
+
+@needs_root
+def test_inheritable_capabilities_cleared_on_every_thread(site):
+    """setpriv --inh-caps: after the drop CapInh is 0 on every thread, as CapPrm/CapEff/CapAmb."""
+    prefix = ['setpriv', '--inh-caps=+net_bind_service,+sys_admin', '--']
+    proc = site(prefix=prefix, extra=['--log-levels', '--autoreload'])
+    proc.wait_log('verified on')
+    threads = proc.threads()
+    assert len(threads) >= 6, threads
+    for t in threads:
+        assert (t.cap_inh, t.cap_prm, t.cap_eff, t.cap_amb) == (0, 0, 0, 0), t
+        assert t.uids == (NOBODY,) * 4, t
+
+
+@needs_root
+def test_child_started_before_the_drop_fails_closed(spawn, tmp_path, request):
+    """A start listener at 76 starts `sleep 30` as root: exit 77 naming the child's pid."""
+    port, pidfile = free_privileged_port(), tmp_path / 'child.pid'
+    proc = spawn([sys.executable, str(ATTACK_SITE), '--port', str(port), '--child-at-76', str(pidfile)],
+                 ports=[port])
+    request.addfinalizer(lambda: pidfile.exists() and _kill_pid(int(pidfile.read_text())))
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    child = int(pidfile.read_text())
+    only_line(log, rf'dropprivs: FAILED: child processes: child process {child} \(sleep\) holds '
+              r'Uid 0 0 0 0, Gid 0 0 0 0, CapPrm [0-9a-f]+, CapEff [0-9a-f]+.*exiting with status 77')
+    assert 'Bus STARTED' not in log
+
+
+def _nobody_with(groups_args, port):
+    argv = [sys.executable, str(ATTACK_SITE), '--port', str(port), '--options', '{"uid": "nobody"}']
+    return [*nobody_can_run(uid=NOBODY, gids=(0,)), 'setpriv', f'--reuid={NOBODY}', *groups_args,
+            '--', *argv]
+
+
+@needs_root
+@pytest.mark.parametrize('groups_args, held', [
+    (['--regid=0', '--clear-groups'], 'real gid 0, effective gid 0, saved gid 0'),
+    ([f'--regid={NOBODY}', '--groups=0'], 'supplementary group 0'),
+], ids=['gid-0', 'group-0'])
+def test_not_root_with_group_0_fails_closed(spawn, groups_args, held):
+    port = free_port()
+    proc = spawn(_nobody_with(groups_args, port), ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    only_line(log, r'dropprivs: FAILED: root group: not started as root \(uid=65534\), but holding '
+              rf'group 0: {held}; ')
+    assert 'Serving on' not in log and 'Bus STARTED' not in log, log
+
+
+@needs_root
+def test_nproc_limit_fails_closed_before_the_drop(spawn):
+    """RLIMIT_NPROC 6 for a target with no other process: the site needs 6 threads at the drop
+    and one more when the gate opens (plus reserve): exit 77 naming the limit, no traceback."""
+    uid = 54321
+    port = free_privileged_port()
+    proc = spawn(['prlimit', '--nproc=6', sys.executable, str(ATTACK_SITE), '--port', str(port),
+                  '--options', f'{{"uid": {uid}, "gid": {uid}}}'], ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    only_line(log, rf'dropprivs: FAILED: RLIMIT_NPROC: the limit is 6 tasks for uid {uid}, which will '
+              r'need \d+: 6 threads of this process, 3 it starts later, 0 of other processes')
+    assert 'Traceback' not in log and 'verified' not in log and 'Bus STARTED' not in log, log
