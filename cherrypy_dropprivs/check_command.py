@@ -18,12 +18,14 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import findings as F
+from . import safe_paths
 from .drop import Plan, make_plan
 from .environment import login_environment
 from .errors import OPTION_NAMES, ConfigError
 from .identity import format_ids
 from .operating import check_chown
-from .ownership import hand_over
+from .ownership import hand_over, hand_over_or_raise
+from .safe_paths import UnsafePath
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -166,8 +168,12 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
         if not os.path.lexists(path):
             problems.append(str(F.make('chown', F.CHOWN_MISSING, path, user=user)))
             continue
-        reason = hand_over(path, who, directory_ok=True, dry_run=True)
-        if reason:
+        try:  # the same walk the start does (safe_paths), changing nothing
+            hand_over_or_raise(path, who, directory_ok=True, dry_run=True)
+        except UnsafePath as e:
+            problems.append(str(F.chown_unsafe(path, e.reason, who)))
+        except OSError as e:
+            reason = f'{e.filename or path}: {e.strerror}'
             problems.append(str(F.make('chown', F.CHOWN_REFUSED, path, user=user, reason=reason)))
         else:
             handed.add(path)
@@ -177,6 +183,10 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
         if not os.path.isdir(parent):
             problems.append(f'log file {path}: directory {parent} does not exist; CherryPy '
                             f'cannot open the log at start. Fix: create it')
+            continue
+        unsafe = safe_paths.problem(path)  # a start as root would refuse it (exit 77)
+        if unsafe:
+            problems.append(str(F.log_unsafe(path, unsafe, who)))
             continue
         if chown_logs:
             reason = hand_over(path, who, dry_run=True) if os.path.lexists(path) else None
@@ -203,9 +213,16 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
         if found:
             problems.append(str(found))
     for path in pidfiles:
-        found = F.check_pidfile(os.path.abspath(path), who)
-        if found:
-            problems.append(str(found))
+        path = os.path.abspath(path)
+        unsafe = safe_paths.problem(path)  # a start as root would refuse to write it (exit 77)
+        if unsafe:
+            problems.append(str(F.pidfile_unsafe(path, unsafe)))
+            continue
+        found = F.check_pidfile(path, who)
+        notes.append(f'PID file {path} would be written by root, mode 0644'
+                     + (f'; {user} cannot remove it at exit, so it stays behind after a stop '
+                        f'(remove it after the stop, e.g. ExecStopPost=-/bin/rm -f {path})'
+                        if found else ''))
     return notes, problems
 
 

@@ -47,20 +47,36 @@ TLS_NOT_READABLE = (
     'chgrp {group} {path} && chmod g+r {path}, or disable restarts'
 )
 PIDFILE_NOT_REMOVABLE = (
-    'PID file {path} cannot be removed by {user} at exit ({reason}): a stale PID file will be '
-    'left behind, and a restart after the drop cannot rewrite it. Fix: put it in a directory '
-    '{user} owns, e.g. /run/{name}/{base} created by systemd RuntimeDirectory={name} (or '
-    'install -d -o {user} /run/{name})'
+    'PID file {path} cannot be removed by {user} at exit ({reason}): root writes it, before the '
+    'drop, in a directory only root can write, so it stays behind after a stop (the next start '
+    'rewrites it). Remove it after the stop (systemd: ExecStopPost=-/bin/rm -f {path}), or under '
+    'systemd use no PID file (Type=simple). Do not make its directory writable by {user}: root '
+    'writes there at the next start'
 )
-PIDFILE_NOT_HANDED_OVER = (
-    'PID file {path} was not handed to {user}: {reason}; a restart after the drop cannot '
-    'rewrite it. Fix: put it in a directory {user} owns'
+PIDFILE_UNSAFE = (
+    'PID file {path} is not safe for root to write: {reason}. Root writes the PID file before '
+    'the drop, and a user who can change its directory can point that write at any file. Fix: '
+    'put it in a directory only root can write (owned by root, not group- or world-writable), '
+    'e.g. /run/{base}, or /run/{name}/{base} with systemd RuntimeDirectory={name} and no User=; '
+    'under systemd, Type=simple needs no PID file'
+)
+LOG_UNSAFE = (
+    'log file {path} is not safe for root to open: {reason}. CherryPy opens log files as root '
+    'when the config is applied, and the dropped process keeps writing to what root opened. '
+    'Fix: keep log files in a directory only root can write (owned by root, not group- or '
+    'world-writable), e.g. /var/log/{name}/ created by systemd LogsDirectory={name} with no '
+    'User= (chown_logs=True hands the files themselves to {user})'
 )
 CHOWN_MISSING = (
     'chown path {path} does not exist, so it was not handed to {user}. Fix: create it, or '
     'remove it from chown'
 )
 CHOWN_REFUSED = 'chown path {path} was not handed to {user}: {reason}'
+CHOWN_UNSAFE = (
+    'chown path {path} is not safe for root to hand to {user}: {reason}. Fix: a path whose '
+    'directories only root can write (owned by root, not group- or world-writable), e.g. '
+    'install -d -o root -m 0755 /var/lib/{name} and chown=[\'/var/lib/{name}/sessions\']'
+)
 
 
 @dataclass(frozen=True)
@@ -70,13 +86,16 @@ class Finding:
     kind: str  # 'log', 'session', 'autoreload', 'tls', 'pidfile', 'chown'
     path: str
     message: str
+    #: 'warning': the dropped process will fail at something; 'note': expected
+    #: and safe, said once (a PID file root wrote stays behind after a stop).
+    severity: str = 'warning'
 
     def __str__(self) -> str:
         return self.message
 
 
-def make(kind: str, template: str, path: str, **fields) -> Finding:
-    return Finding(kind, path, template.format(path=path, **fields))
+def make(kind: str, template: str, path: str, *, severity: str = 'warning', **fields) -> Finding:
+    return Finding(kind, path, template.format(path=path, **fields), severity)
 
 
 def run_dir_name(path: str) -> str:
@@ -136,10 +155,36 @@ def check_tls_file(which: str, path: str, who) -> Optional[Finding]:
 
 
 def check_pidfile(path: str, who) -> Optional[Finding]:
-    """Removable at exit if the directory is writable: the plugin then hands the file
-    over, which also satisfies a sticky directory's owner rule (e.g. /tmp)."""
+    """A note when ``who`` cannot remove the PID file at exit: always the case for a
+    PID file root writes, since its directory must be one only root can write."""
     reason = why_not_creatable(path, who)
     if reason is None:
         return None
-    return make('pidfile', PIDFILE_NOT_REMOVABLE, path, user=_user(who), reason=reason,
-                name=run_dir_name(path), base=os.path.basename(path))
+    return make('pidfile', PIDFILE_NOT_REMOVABLE, path, severity='note', user=_user(who),
+                reason=reason)
+
+
+def pidfile_unsafe(path: str, reason: str, who=None) -> Finding:
+    return make('pidfile', PIDFILE_UNSAFE, path, reason=reason, name=run_dir_name(path),
+                base=os.path.basename(path))
+
+
+def log_unsafe(path: str, reason: str, who) -> Finding:
+    return make('log', LOG_UNSAFE, path, reason=reason, user=_user(who),
+                name=_app_name(path))
+
+
+def chown_unsafe(path: str, reason: str, who) -> Finding:
+    return make('chown', CHOWN_UNSAFE, path, reason=reason, user=_user(who),
+                name=_app_name(path))
+
+
+def _app_name(path: str) -> str:
+    """``/srv/mysite/logs/error.log`` -> a name for a suggested directory: the first
+    component under /var/log, /var/lib, /srv or /opt, else the file's directory name."""
+    parts = [p for p in os.path.normpath(path).split(os.sep) if p]
+    for depth, top in ((2, ('var', 'log')), (2, ('var', 'lib')), (1, ('srv',)), (1, ('opt',))):
+        if tuple(parts[:depth]) == top and len(parts) > depth + 1:
+            return parts[depth]
+    parent = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    return parent or 'app'

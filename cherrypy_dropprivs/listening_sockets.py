@@ -49,6 +49,8 @@ class SocketKeeper:
         #: Keys taken from a LISTEN_PID (socket activation) server: fd 3.
         self.activation_key: Optional[str] = None
         self.adopted_from_exec = False
+        #: The process that re-executed us had daemonized (see prepare_exec).
+        self.daemonized = False
         #: True once prepare_exec has put the activation socket back on fd 3.
         self._fd3_handed = False
 
@@ -95,11 +97,16 @@ class SocketKeeper:
 
     # -- across execv -------------------------------------------------------
 
-    def prepare_exec(self, env: Optional[dict] = None) -> None:
-        """Make the kept sockets inheritable and describe them in the environment."""
-        env = os.environ if env is None else env
+    def prepare_exec(self, daemonized: bool = False) -> None:
+        """Make the kept sockets inheritable and describe them in the environment.
+
+        ``daemonized``: the process has already daemonized, so the new image
+        must not fork again (a new pid would orphan the PID file root wrote).
+        """
+        env = os.environ
         self.mark_inheritable()
-        env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds()})
+        env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
+                                       'daemonized': daemonized})
         if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
             # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
             # stays valid: execv keeps the pid).
@@ -135,6 +142,7 @@ class SocketKeeper:
             return [f'{HANDOFF_ENV} is malformed ({e!r})']
         if pid != os.getpid():
             return []  # inherited by some other program's child: not ours
+        self.daemonized = data.get('daemonized') is True
         refused = []
         for key, fd in sockets.items():
             why = _unadoptable(key, fd, expected)

@@ -1,8 +1,9 @@
 """What the plugin does around the drop so that the dropped server keeps working.
 
-Before the drop (as root): hand the log files, the ``chown`` paths and a
-removable PID file to the target, and log a WARNING for each thing the
-target still will not be able to do (:mod:`.preflight`). Right after the
+Before the drop (as root): check that every file root opened or would act on
+is safe (:mod:`.safe_paths`; else fail closed), hand the log files and the
+``chown`` paths to the target, and log a WARNING for each thing the target
+still will not be able to do (:mod:`.preflight`). Right after the
 drop: apply the per-thread settings to the threads that already existed
 (:mod:`.thread_sweep`). Kept out of plugin.py, which stays thin wiring.
 """
@@ -10,15 +11,19 @@ drop: apply the per-thread settings to the threads that already existed
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Sequence
 
-from . import capabilities, preflight, thread_sweep
+from . import capabilities, preflight, safe_paths, thread_sweep
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan
 
 
 def check_chown(value: Optional[Sequence[str]]) -> List[str]:
-    """Validate the ``chown`` option: a list of path strings."""
+    """Validate the ``chown`` option: a list of path strings, none a system directory.
+
+    TypeError for a wrong type, ValueError for a system directory (``/``,
+    ``/etc``, ``/var/log``, anything under ``/usr``... see
+    :data:`.safe_paths.SYSTEM_DIRS` and :data:`.safe_paths.SYSTEM_TREES`).
+    """
     if value is None:
         return []
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
@@ -26,7 +31,16 @@ def check_chown(value: Optional[Sequence[str]]) -> List[str]:
     for p in value:
         if not isinstance(p, str) or not p:
             raise TypeError(f'chown entries must be non-empty path strings; got {p!r}')
-    return [os.path.abspath(p) for p in value]
+    paths = [safe_paths.normalize(p) for p in value]
+    for p in paths:
+        reason = safe_paths.system_path_reason(p)
+        if reason:
+            raise ValueError(
+                f'chown: {reason}; handing it to the target user would give the site a '
+                f'directory the system or root relies on. Accepted: the site\'s own paths '
+                f'below the shared ones, e.g. /var/lib/mysite/sessions or /srv/mysite/uploads'
+            )
+    return paths
 
 
 def before_drop(plugin, plan: Plan, outcome: str) -> None:
@@ -40,7 +54,10 @@ def before_drop(plugin, plan: Plan, outcome: str) -> None:
     if report.handed_over:
         plugin._log(f'handed to {user} (owner and group; mode kept): {", ".join(report.handed_over)}')
     for finding in report.findings:
-        plugin._log(f'WARNING: {finding}', level=logging.WARNING)
+        if finding.severity == 'note':
+            plugin._log(f'note: {finding}')
+        else:
+            plugin._log(f'WARNING: {finding}', level=logging.WARNING)
 
 
 def after_drop(plugin, plan: Plan, outcome: str) -> int:

@@ -17,7 +17,7 @@ from typing import List, NoReturn, Optional, Sequence, Union
 
 from cherrypy.process.plugins import SimplePlugin
 
-from . import capabilities, operating, restart_guard, server_hooks
+from . import capabilities, operating, preflight, restart_guard, server_hooks
 from .credentials import holds_root
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
 from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, OPTION_NAMES, ConfigError, PrivilegeDropError
@@ -223,6 +223,8 @@ class DropPrivileges(SimplePlugin):
             self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
         if self.record is None:
             self._adopt_handed_over_sockets()
+            if KEEPER.daemonized:
+                server_hooks.stay_daemonized(self.bus)
             if self._plan.require_root and not holds_root() and KEEPER.proves_root_start():
                 # Re-executed by our own restart: root was checked (and dropped)
                 # before the exec, and a socket only root could bind proves it.
@@ -240,6 +242,7 @@ class DropPrivileges(SimplePlugin):
             self.gate.open()
             self._fail_if_cannot_serve()
             return
+        preflight.secure_pidfiles(self.bus)  # before PIDFile (70) writes: safe_paths, mode 0644
         server_hooks.patch_port_checks()
         self.gate.close()
         self.gate.thread_actions = self._thread_actions(outcome)

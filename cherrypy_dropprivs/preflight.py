@@ -8,22 +8,37 @@ must keep writing to the target before the drop, and reports, with
 by :mod:`.access` (stat only, no identity switch). TLS files are checked
 after the drop by :mod:`.restart_guard` (as the dropped user); the check
 command checks them with :func:`.findings.check_tls_file`.
+
+Root never acts on a path a non-root user could have changed
+(:mod:`.safe_paths`): log files CherryPy opened as root must be the files
+their paths safely resolve to, or the start fails closed
+(:func:`check_log_streams`); ``chown`` and ``chown_logs`` act on descriptors
+only; PID files are written by :func:`secure_pidfiles`'s writer, never
+through a symlink or a directory another user can write, mode 0644.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import cherrypy
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
 from . import findings as F
+from . import log_guard, safe_paths
+from .errors import EXIT_DROP_FAILED, PrivilegeDropError
 from .findings import Finding
 from .identity import Identity
-from .ownership import hand_over
+from .ownership import hand_over_or_raise
+from .safe_paths import UnsafePath
+
+# CherryPy opens log files when the config is applied: guard that from the
+# import of this package on (a no-op for a process that is not root).
+log_guard.install()
 
 
 @dataclass
@@ -96,7 +111,8 @@ def pidfile_plugins(bus) -> List[PIDFile]:
 def _owners(bus, channel: str, cls) -> list:
     found = []
     for listener in bus.listeners.get(channel, ()):
-        owner = getattr(listener, '__self__', None)
+        # A listener this package put in place of the plugin's own names its plugin.
+        owner = getattr(listener, '__self__', None) or getattr(listener, '_dropprivs_owner', None)
         if isinstance(owner, cls) and owner not in found:
             found.append(owner)
     return found
@@ -117,33 +133,88 @@ def check(bus, target: Identity) -> List[Finding]:
     return out
 
 
+def log_stream_problems(target: Identity) -> List[str]:
+    """One message per log file opened as root that is not safe; [] if none.
+
+    Every FileHandler's open stream must be the regular file (one link) that
+    its path resolves to by :mod:`.safe_paths` (device and inode compared). A
+    path refused when the config was applied (:mod:`.log_guard`) counts too.
+    """
+    bad = dict(log_guard.refused())
+    for h in file_handlers():
+        path = os.path.abspath(h.baseFilename)
+        stream = getattr(h, 'stream', None)
+        if path in bad:
+            continue
+        if stream is None:  # delay=True: nothing opened yet; it will be, as the target
+            reason = safe_paths.problem(path)
+            if reason:
+                bad[path] = reason
+            continue
+        try:
+            opened = os.fstat(stream.fileno())
+            found = safe_paths.identify(path)
+        except UnsafePath as e:
+            bad[path] = e.reason
+            continue
+        except (OSError, ValueError) as e:
+            bad[path] = f'cannot be checked ({getattr(e, "strerror", None) or e})'
+            continue
+        if (opened.st_dev, opened.st_ino) != found:
+            bad[path] = ('the file open as root is not the one the path leads to: it was '
+                         'replaced, or reached through a link, after it was opened')
+    return [str(F.log_unsafe(path, reason, target)) for path, reason in bad.items()]
+
+
 def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Report:
-    """Hand files to ``target`` (as root, before the drop), then check what is left."""
+    """Hand files to ``target`` (as root, before the drop), then check what is left.
+
+    Raises PrivilegeDropError (the plugin then exits 77 before serving) for a
+    log file, PID file or ``chown`` path that is not safe for root to act on.
+    """
     report = Report()
     user = target.user or str(target.uid)
+    unsafe: List[str] = log_stream_problems(target)
+    if unsafe:  # nothing is handed over from a process that holds an unsafe stream
+        raise PrivilegeDropError('unsafe paths', '; '.join(unsafe))
 
-    def give(path: str, template: str, kind: str, directory_ok: bool = False) -> None:
-        reason = hand_over(path, target, directory_ok=directory_ok)
-        if reason is None:
+    def give(path: str, kind: str, directory_ok: bool = False) -> None:
+        try:
+            hand_over_or_raise(path, target, directory_ok=directory_ok)
             report.handed_over.append(path)
-        else:
-            report.findings.append(F.make(kind, template, path, user=user, reason=reason))
+        except UnsafePath as e:
+            maker = F.chown_unsafe if kind == 'chown' else F.log_unsafe
+            unsafe.append(str(maker(path, e.reason, target)))
+        except FileNotFoundError:
+            if kind == 'chown':
+                report.findings.append(F.make('chown', F.CHOWN_MISSING, path, user=user))
+        except OSError as e:
+            template = F.CHOWN_REFUSED if kind == 'chown' else F.LOG_NOT_HANDED_OVER
+            report.findings.append(F.make(kind, template, path, user=user,
+                                          reason=f'{e.filename or path}: {e.strerror}'))
 
     if chown_logs:
         for path in log_files():
-            give(path, F.LOG_NOT_HANDED_OVER, 'log')
+            give(path, 'log')
     for path in chown:
-        path = os.path.abspath(path)
-        if not os.path.lexists(path):
-            report.findings.append(F.make('chown', F.CHOWN_MISSING, path, user=user))
-        else:
-            give(path, F.CHOWN_REFUSED, 'chown', directory_ok=True)
+        give(os.path.abspath(path), 'chown', directory_ok=True)
     for pf in pidfile_plugins(bus):
-        # Only where the user may replace the file anyway (its directory is
-        # writable): a PID file a daemon can rewrite in a root-owned directory
-        # like /run lets it point root's `kill $(cat ...)` at any process.
-        if os.path.exists(pf.pidfile) and F.check_pidfile(pf.pidfile, target) is None:
-            give(os.path.abspath(pf.pidfile), F.PIDFILE_NOT_HANDED_OVER, 'pidfile')
+        # Written by the safe writer (secure_pidfiles) or, if that was not put in
+        # place, by CherryPy: then it must at least be safe now, root's, 0644.
+        path = os.path.abspath(pf.pidfile)
+        try:
+            if os.path.lexists(path):
+                safe_paths.secure_root_file(path, PIDFILE_MODE)
+            else:
+                reason = safe_paths.problem(path)
+                if reason:
+                    raise UnsafePath(path, reason)
+        except UnsafePath as e:
+            unsafe.append(str(F.pidfile_unsafe(path, e.reason)))
+        except OSError as e:
+            unsafe.append(str(F.pidfile_unsafe(path, f'{e.filename or path}: {e.strerror}')))
+    if unsafe:
+        raise PrivilegeDropError('unsafe paths', '; '.join(unsafe))
     handed_back = {f.path for f in report.findings}
     for finding in check(bus, target):
         if not (finding.kind == 'log' and finding.path in handed_back):
@@ -154,6 +225,116 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
     for lm in log_managers():
         make_reopen_safe(bus, lm)
     return report
+
+
+# -- PID files: written safely, whatever the umask ------------------------------
+
+#: A PID file is root's and readable by all: root's tools trust its contents.
+PIDFILE_MODE = 0o644
+
+
+def secure_pidfiles(bus) -> int:
+    """Make each PIDFile on the bus write its file safely; how many were changed.
+
+    Call before PIDFile's start runs (priority 70) in each start, e.g. from the
+    plugin's arm (priority 10). CherryPy's PIDFile opens the name as root,
+    follows symlinks and, under the Daemonizer's umask 0, creates it mode 0666.
+
+    The bus calls the listeners it listed when the publish began, so replacing
+    a listener during the ``start`` publish would come too late. Instead each
+    PIDFile becomes a :class:`SafePIDFile` (same object, same bound listener):
+    CherryPy's ``start`` first reads ``self.finalized``, and that read now
+    writes the file through :func:`write_pidfile` and answers True, so
+    CherryPy's own ``open()`` never runs (it logs "already written").
+    """
+    n = 0
+    for pf in pidfile_plugins(bus):
+        if isinstance(pf, SafePIDFile):
+            continue
+        written = bool(pf.__dict__.pop('finalized', False))
+        pf.__class__ = SafePIDFile
+        pf.__dict__['_dropprivs_written'] = written
+        n += 1
+    return n
+
+
+class SafePIDFile(PIDFile):
+    """CherryPy's PIDFile, its file written by :func:`write_pidfile` (see secure_pidfiles)."""
+
+    @property
+    def finalized(self) -> bool:
+        if not self.__dict__.get('_dropprivs_written'):
+            write_pidfile(self.bus, self)
+            self.__dict__['_dropprivs_written'] = True
+        return True
+
+    @finalized.setter
+    def finalized(self, value: bool) -> None:
+        self.__dict__['_dropprivs_written'] = bool(value)
+
+
+def write_pidfile(bus, plugin: PIDFile) -> None:
+    """Write ``plugin``'s PID file safely, or end the process (status 77).
+
+    As root: only through :mod:`.safe_paths` (a directory only root can
+    write, ``O_NOFOLLOW``, one link), owner root, mode 0644 whatever the
+    umask. Without root: ``O_NOFOLLOW``, mode 0644, and a file that already
+    holds this pid (a process re-executed by a restart keeps its pid) is left
+    as it is. A refusal ends the process at once with one CRITICAL line: the
+    servers start next (75), and the bus would go on to start them.
+    """
+    pid = os.getpid()
+    path = os.path.abspath(plugin.pidfile)
+    data = f'{pid}\n'.encode()
+    try:
+        if os.geteuid() == 0:
+            safe_paths.write_root_file(path, data, PIDFILE_MODE)
+        elif _holds(path, data):
+            bus.log(f'PID {pid!r} already in {path!r} (re-executed with the same pid).')
+            return
+        else:
+            safe_paths.write_own_file(path, data, PIDFILE_MODE)
+    except UnsafePath as e:
+        fail_closed(bus, f'PID file: {F.pidfile_unsafe(path, e.reason)}')
+    except OSError as e:
+        fail_closed(bus, f'PID file: {path} could not be written as uid {os.geteuid()} '
+                         f'({e.strerror}); a restart after the drop cannot rewrite a PID file '
+                         f'root wrote. Fix: under systemd use no PID file (Type=simple)')
+    bus.log(f'PID {pid!r} written to {path!r} (mode {PIDFILE_MODE:04o}).')
+
+
+def _holds(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, 64) == data
+    finally:
+        os.close(fd)
+
+
+def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> None:
+    """What the plugin's _fail does, for a listener of this module's own."""
+    bus.log(f'dropprivs: FAILED: {msg}; exiting with status {status} before serving',
+            level=logging.CRITICAL)
+    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, 'handlers', ()):
+            try:
+                handler.flush()
+            except Exception:
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+def pidfile_problem(path: str) -> Optional[str]:
+    """Why root could not safely write the PID file ``path`` (the check command)."""
+    return safe_paths.problem(path)
 
 
 # -- after the drop: exit and graceful that cannot fail silently or hang ------
@@ -173,6 +354,8 @@ def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
     path = plugin.pidfile
 
     def exit_pidfile() -> None:
+        if getattr(bus, 'execv', False):
+            return  # a restart: the re-executed image keeps this pid, so the file stays right
         try:
             os.remove(path)
             bus.log(f'PID file removed: {path!r}.')
@@ -182,6 +365,7 @@ def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
             bus.log(f'dropprivs: PID file {path} could not be removed as uid {os.geteuid()} '
                     f'({e.strerror}); a stale PID file is left behind', level=logging.WARNING)
 
+    exit_pidfile._dropprivs_owner = plugin
     plugin._dropprivs_exit = exit_pidfile
     bus.subscribe('exit', exit_pidfile, priority=priority)
 

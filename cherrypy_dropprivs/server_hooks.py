@@ -22,6 +22,7 @@ import portend
 from cherrypy import _cpserver
 from cherrypy.process import servers as cp_servers
 from cherrypy.process import wspbus
+from cherrypy.process.plugins import Daemonizer
 
 from .errors import EXIT_DROP_FAILED
 from .gate import Gate
@@ -294,7 +295,7 @@ def install_execv_handoff(bus) -> None:
             blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '', startup_cwd())
             if blockers:
                 fail('; '.join(blockers))
-        KEEPER.prepare_exec()
+        KEEPER.prepare_exec(daemonized=any(d.finalized for d in daemonizers(bus)))
         try:
             return do_execv()
         except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
@@ -317,6 +318,34 @@ def server_infos(adapters) -> List[ServerInfo]:
         has = addr is not None and addr_key(addr) in KEEPER
         out.append(ServerInfo(describe(adapter), addr, has, tls_files(adapter)))
     return out
+
+
+def daemonizers(bus) -> List[Daemonizer]:
+    found = []
+    for listener in bus.listeners.get('start', ()):
+        owner = getattr(listener, '__self__', None)
+        if isinstance(owner, Daemonizer) and owner not in found:
+            found.append(owner)
+    return found
+
+
+def stay_daemonized(bus) -> None:
+    """In an image re-executed by a daemon: the Daemonizer (65) must not fork
+    again. The process is still detached (session, streams); a new pid would
+    leave the PID file root wrote pointing at nothing, and only root could
+    rewrite it. CherryPy's Daemonizer forks even when it says "Already
+    daemonized", and the bus already holds its start listener for this
+    publish, so its fork is made a no-op on the instance."""
+    for d in daemonizers(bus):
+        d.finalized = True
+        d.daemonize = _already_daemonized
+    if daemonizers(bus):
+        bus.log(f'dropprivs: already daemonized before the re-exec: not forking again '
+                f'(pid {os.getpid()} kept)')
+
+
+def _already_daemonized(*args, **kwargs) -> None:
+    return None
 
 
 def autoreload_on(bus) -> bool:

@@ -10,7 +10,7 @@ Runs (in this order): baseline 1, with the plugin, baselines 2..N. A test
 whose outcome differs between the baseline runs is flaky on its own: it is
 listed and left out of the comparison. Exit 0 when no other test's outcome
 differs, 1 when some does (they are printed), 2 when the harness itself could
-not produce a usable baseline.
+not produce a usable baseline or a run hit its timeout.
 
 Needs root (to run the suite as nobody) and only python3, pip and
 util-linux: it builds its own venv (outside the repo, see ``--venv``) with
@@ -187,12 +187,30 @@ class Run:
         self.seconds = time.monotonic() - started
         self.leftovers = sweep(token)
 
+    def finished(self) -> bool:
+        return any(e['event'] == 'finish' for e in read_events(self.outcomes_file))
+
     def describe_end(self) -> str:
         if self.timed_out:
             return f'TIMED OUT, killed (exit {self.returncode})'
-        events = read_events(self.outcomes_file)
-        finished = any(e['event'] == 'finish' for e in events)
-        return f'exit {self.returncode}' + ('' if finished else ', pytest never finished (killed or exited)')
+        end = '' if self.finished() else ', pytest never finished (killed or exited)'
+        return f'exit {self.returncode}{end}'
+
+    def last_started(self) -> Optional[str]:
+        starts = [e['nodeid'] for e in read_events(self.outcomes_file) if e['event'] == 'start']
+        return starts[-1] if starts else None
+
+    def dropprivs_failures(self, limit: int = 10) -> List[str]:
+        """The plugin's own failure lines from the CherryPy logs the suite wrote into its copy
+        (in-process and subprocess servers log there, not to pytest's output)."""
+        lines: List[str] = []
+        for path in sorted((self.dir / 'src').rglob('*.log')):
+            for line in path.read_text(errors='replace').splitlines():
+                if 'dropprivs' in line and ('FAILED' in line or 'exiting with status' in line):
+                    text = f'{path.name}: {line.strip()}'
+                    if text not in lines:
+                        lines.append(text)
+        return lines[:limit]
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -342,6 +360,10 @@ def main(argv=None) -> int:
         run.execute(argv, args.timeout)
         results = outcomes(run.outcomes_file)
         log(f'{run.name}: {run.seconds:.0f} s, {run.describe_end()}: {summary(results)}')
+        if not run.finished():
+            log(f'{run.name}: the test running when pytest ended: {run.last_started()}')
+        for line in run.dropprivs_failures():
+            log(f'{run.name}: CherryPy log: {line[:400]}')
         if run.leftovers:
             log(f'{run.name}: killed processes left running: {run.leftovers}')
         if run.with_plugin:
@@ -373,8 +395,12 @@ def main(argv=None) -> int:
     log(f'{len(flaky)} flaky on their own (left out):')
     for nodeid, seen in flaky.items():
         print(f'  FLAKY {nodeid}: {" / ".join(seen)}')
+    cut = [r.name for r in runs if r.timed_out]
     if not differing:
         log(f'no test changes outcome with the plugin ({len(plugin)} tests compared)')
+        if cut:  # the tests after the cut were compared as 'not run' = 'not run': not good enough
+            log(f'but {", ".join(cut)} hit the {args.timeout:.0f} s timeout: part of the suite never ran')
+            return 2
         return 0
     log(f'{len(differing)} tests change outcome with the plugin subscribed:')
     for nodeid, (before, after) in differing.items():

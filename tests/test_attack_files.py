@@ -1,0 +1,350 @@
+"""Root never acts on a path the dropped user could have changed (issue 10, items 1-3, 12).
+
+Each attack is played for real, as root, by the target user itself (``nobody``,
+65534): it plants symlinks in a directory it owns, or races a directory swap
+(``renameat2(RENAME_EXCHANGE)``) in a loop while the site starts. The site
+then starts as root and must refuse before serving (exit 77, no HTTP answer)
+with one CRITICAL line naming the path and the fix, and the root-only file the
+attack aimed at must be unchanged (owner, content, mtime). Files live in fresh
+directories under /tmp (root-owned 0755, so that nobody can reach them); the
+host's user database is never changed. Every process is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+import cherrypy
+import pytest
+import requests
+from conftest import NOBODY, REPO, free_privileged_port, needs_root, nobody_can_run, stop_process, wait_for
+
+from cherrypy_dropprivs import safe_paths
+from cherrypy_dropprivs.operating import check_chown
+from cherrypy_dropprivs.safe_paths import UnsafePath
+
+AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--']
+CHERRYD = os.path.join(os.path.dirname(sys.executable), 'cherryd')
+
+
+@pytest.fixture
+def base():
+    """A root-owned 0755 directory under /tmp (nobody can reach it), removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix='dropprivs-attack-', dir='/tmp'))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def pids():
+    """Pids of processes that left the test's session (a daemon): stopped by pid."""
+    seen: List[int] = []
+    yield seen
+    for pid in seen:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and os.path.exists(f'/proc/{pid}'):
+                time.sleep(0.05)
+            if not os.path.exists(f'/proc/{pid}'):
+                break
+
+
+def as_nobody(script: str) -> None:
+    """Run a shell script as nobody (the attacker), bounded in time."""
+    subprocess.run([*AS_NOBODY, 'sh', '-ec', script], check=True, timeout=10,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def root_only_file(base: Path, name: str = 'shadow') -> Path:
+    """A file only root can read or write: in a root 0700 directory, mode 0600."""
+    secret = base / f'secret-{name}'
+    secret.mkdir(mode=0o700)
+    f = secret / name
+    f.write_text('root:$6$only-root-may-read-this:19000:0:99999:7:::\n')
+    os.chmod(f, 0o600)
+    os.utime(f, (1_000_000_000, 1_000_000_000))
+    return f
+
+
+def fingerprint(path: Path):
+    st = os.stat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime, path.read_bytes()
+
+
+def user_dir(base: Path, name: str) -> Path:
+    """A directory the target owns: the unsafe layout (e.g. /var/log/myapp owned by www-data)."""
+    d = base / name
+    d.mkdir(mode=0o755)
+    os.chown(d, NOBODY, NOBODY)
+    return d
+
+
+def refused_before_serving(proc, timeout: float = 20) -> int:
+    """Wait for the exit, asking for a page all along; no answer may come. The exit status."""
+    answers = []
+    deadline = time.monotonic() + timeout
+    while proc.alive() and time.monotonic() < deadline:
+        try:
+            answers.append(proc.get('/whoami', timeout=0.3).status_code)
+        except requests.RequestException:
+            pass
+    status = proc.wait_exit(timeout=5)
+    assert not answers, (answers, proc.log())
+    return status
+
+
+def critical_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if 'dropprivs: FAILED:' in line]
+    assert len(lines) == 1, log
+    return lines[0]
+
+
+# -- item 1: log files through planted symlinks ---------------------------------
+
+
+@needs_root
+def test_planted_log_symlinks_stop_the_start_before_root_opens_them(site, base):
+    logs = user_dir(base, 'log')
+    shadow = root_only_file(base)
+    before = fingerprint(shadow)
+    planted = base / 'planted-by-nobody'
+    conf = base / 'site.conf'
+    conf.write_text(f"[global]\nlog.error_file: '{logs / 'error.log'}'\n"
+                    f"log.access_file: '{logs / 'access.log'}'\n")
+
+    # Run 1, the unsafe layout itself: refused already (nobody owns the log directory).
+    first = site(extra=['--config', str(conf)], wait=False)
+    assert refused_before_serving(first) == 77
+    assert f'log file {logs / "error.log"} is not safe for root to open' in critical_line(first.log())
+
+    # The attacker: log files as an older start left them, then swapped for symlinks.
+    as_nobody(f'cd {logs}; : > error.log; : > access.log; rm error.log access.log; '
+              f'ln -s {shadow} error.log; ln -s {planted} access.log')
+    assert os.lstat(logs / 'error.log').st_uid == NOBODY
+
+    second = site(extra=['--config', str(conf)], wait=False)
+    assert refused_before_serving(second) == 77
+    line = critical_line(second.log())
+    for name in ('error.log', 'access.log'):
+        assert f'log file {logs / name} is not safe for root to open' in line, line
+    assert f'directory {logs} (owner 65534' in line
+    assert 'LogsDirectory=' in line and 'only root can write' in line
+    assert 'exiting with status 77 before serving' in line
+    assert fingerprint(shadow) == before  # never opened: no line appended, no chown
+    assert not os.path.lexists(planted)  # root created nothing where nobody pointed
+
+
+@needs_root
+def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
+    """A FileHandler opened as root by name (not by the guard) through a link:
+    the open stream is not what the path safely resolves to: refused."""
+    from cherrypy_dropprivs import preflight
+    from cherrypy_dropprivs.identity import resolve_identity
+
+    logs = user_dir(base, 'applog')
+    shadow = root_only_file(base, 'secret')
+    os.symlink(shadow, logs / 'app.log')
+    os.lchown(logs / 'app.log', NOBODY, NOBODY)
+    handler = __import__('logging').FileHandler(str(logs / 'app.log'))  # follows the link
+    cherrypy.log.error_log.addHandler(handler)
+    try:
+        problems = preflight.log_stream_problems(resolve_identity('nobody'))
+    finally:
+        cherrypy.log.error_log.removeHandler(handler)
+        handler.close()
+    assert len(problems) == 1 and f'log file {logs / "app.log"} is not safe' in problems[0]
+
+
+# -- item 2: the PID file through a planted symlink -----------------------------
+
+
+@needs_root
+def test_pidfile_through_a_planted_symlink_is_refused(site, base):
+    run = user_dir(base, 'run')
+    shadow = root_only_file(base)
+    before = fingerprint(shadow)
+    as_nobody(f'ln -s {shadow} {run / "site.pid"}')
+    proc = site(extra=['--pidfile', str(run / 'site.pid')], wait=False)
+    assert refused_before_serving(proc) == 77
+    line = critical_line(proc.log())
+    assert f'PID file {run / "site.pid"} is not safe for root to write' in line, line
+    assert 'only root can write' in line
+    assert fingerprint(shadow) == before
+    assert os.lstat(run / 'site.pid').st_uid == NOBODY  # the link is left as it was
+
+
+# -- item 3: chown raced by a directory swap -------------------------------------
+
+RACER = r'''
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+a, b, until = sys.argv[1].encode(), sys.argv[2].encode(), time.monotonic() + float(sys.argv[3])
+AT_FDCWD, RENAME_EXCHANGE, n = -100, 2, 0
+while time.monotonic() < until:
+    if libc.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) == 0:
+        n += 1
+print(n, flush=True)
+'''
+
+
+def _nobody_python() -> List[str]:
+    system = '/usr/bin/python3'
+    if os.path.exists(system):
+        return [*AS_NOBODY, system]
+    return [*nobody_can_run(), *AS_NOBODY, sys.executable]
+
+
+@needs_root
+def test_chown_through_a_directory_swapped_in_a_loop_never_hits_root_files(site, spawn, base):
+    """nobody swaps u/a (its directory) and u/b (its symlink to a root-only
+    directory) with renameat2(RENAME_EXCHANGE) while the site starts, chown=[u/a/sessions]."""
+    u = user_dir(base, 'u')
+    secret = base / 'root-only'
+    secret.mkdir(mode=0o700)
+    target = secret / 'sessions'
+    target.write_text('root only\n')
+    os.chmod(target, 0o600)
+    before = fingerprint(target)
+    as_nobody(f'mkdir {u / "a"} {u / "a" / "sessions"}; ln -s {secret} {u / "b"}')
+    racer = spawn([*_nobody_python(), '-c', RACER, str(u / 'a'), str(u / 'b'), '6'])
+    statuses = []
+    for _ in range(3):
+        proc = site(options={'chown': [str(u / 'a' / 'sessions')]}, wait=False)
+        statuses.append(refused_before_serving(proc))
+        assert fingerprint(target) == before
+        assert f'chown path {u / "a" / "sessions"} is not safe for root' in critical_line(proc.log())
+    assert racer.alive(), racer.log()  # the race ran during every start
+    stop_process(racer.popen)
+    assert statuses == [77, 77, 77]
+    assert fingerprint(target) == before
+
+
+@needs_root
+def test_walker_refuses_a_user_directory_and_follows_only_roots_links(base):
+    u = user_dir(base, 'u')
+    (base / 'real').mkdir(mode=0o755)
+    (base / 'real' / 'f').write_text('x')
+    os.symlink(base / 'real', base / 'roots-link')  # root's link, as /var/run -> /run
+    assert safe_paths.problem(str(base / 'roots-link' / 'f'), must_exist=True) is None
+    with safe_paths.open_existing(str(base / 'roots-link' / 'f')) as opened:
+        assert opened.real == str(base / 'real' / 'f')
+    os.symlink(base / 'real', u / 'link')
+    os.lchown(u / 'link', NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match='owned by uid 65534'):
+        safe_paths.open_existing(str(u / 'link' / 'f'))
+    theirs = base / 'theirs'
+    theirs.symlink_to(base / 'real')
+    os.lchown(theirs, NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match='symlink not owned by root'):
+        safe_paths.open_existing(str(theirs / 'f'))
+    shared = base / 'shared'
+    shared.mkdir()
+    os.chmod(shared, 0o775)  # group-writable
+    with pytest.raises(UnsafePath, match='writable by group 0'):
+        safe_paths.resolve_parent(str(shared / 'x'))
+    sticky = base / 'sticky'
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)  # like /tmp: a root entry is fine on the way, a user's is not
+    (sticky / 'rootdir').mkdir(mode=0o755)
+    safe_paths.resolve_parent(str(sticky / 'rootdir' / 'x')).close()
+    (sticky / 'userdir').mkdir(mode=0o755)
+    os.chown(sticky / 'userdir', NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match='sticky directory'):
+        safe_paths.resolve_parent(str(sticky / 'userdir' / 'x'))
+    with pytest.raises(UnsafePath, match='sticky'):  # the entry itself in a sticky directory
+        safe_paths.resolve_parent(str(sticky / 'x'))
+
+
+# -- item 12: cherryd -d writes a PID file any user could rewrite ----------------
+
+
+@needs_root
+@pytest.mark.parametrize('restart', [False, True], ids=['start', 'sighup-restart'])
+def test_cherryd_daemonized_pidfile_is_root_0644(spawn, base, pids, restart):
+    """cherryd -d -p: the Daemonizer sets umask 0, yet the PID file is root's,
+    0644. A SIGHUP restart re-executes the daemon as nobody, which cannot
+    rewrite that file: the new image does not fork again, so the pid (and
+    the PID file) stay right, and it serves on, dropped."""
+    assert os.path.exists(CHERRYD), CHERRYD
+    port = free_privileged_port()
+    pidfile = base / 'site.pid'
+    conf = base / 'site.conf'
+    conf.write_text('\n'.join([
+        '[global]', "server.socket_host: '127.0.0.1'", f'server.socket_port: {port}',
+        'server.thread_pool: 4', 'engine.autoreload.on: False', 'checker.on: False',
+        'engine.dropprivs.on: True', "engine.dropprivs.uid: 'nobody'"]) + '\n')
+    conf.chmod(0o644)  # a restart re-reads it as nobody
+    launcher = spawn([*nobody_can_run(str(base)), sys.executable, CHERRYD, '-d', '-p', str(pidfile),
+                      '-P', str(REPO / 'tests' / 'sites'), '-i', 'cherrypy_dropprivs',
+                      '-i', 'cherryd_site', '-c', str(conf)], ports=[port])
+    launcher.wait_exit(timeout=20)  # the Daemonizer's first parent leaves at once
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20,
+                       what='the daemon writes its PID file'))
+    pids.append(pid)
+    body = wait_for(lambda: _answer(port), 20, what='the daemon answers')
+    assert body['pid'] == pid and body['uids'] == [NOBODY] * 4
+    st = os.stat(pidfile)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o644), oct(st.st_mode)
+    if not restart:
+        return
+    boot = requests.get(f'http://127.0.0.1:{port}/boot', timeout=2).json()['boot']
+    os.kill(pid, signal.SIGHUP)
+
+    def new_image():
+        try:
+            b = requests.get(f'http://127.0.0.1:{port}/boot', timeout=1).json()
+        except (requests.RequestException, ValueError):
+            return None
+        return b if b['boot'] != boot and b['started'] else None
+    back = wait_for(new_image, 20, what='the re-executed daemon answers')
+    assert back['pid'] == pid and back['uids'] == [NOBODY] * 4, back
+    assert pidfile.read_text().strip() == str(pid)
+    assert os.stat(pidfile).st_uid == 0
+
+
+def _answer(port: int):
+    try:
+        r = requests.get(f'http://127.0.0.1:{port}/whoami', timeout=1)
+    except requests.RequestException:
+        return None
+    return json.loads(r.text) if r.status_code == 200 else None
+
+
+# -- item 10's part: system directories as chown paths ---------------------------
+
+
+@pytest.mark.parametrize('path', ['/', '/etc', '/etc/', '//etc', '/var/log', '/usr/lib/x', '/tmp'])
+def test_chown_of_a_system_directory_is_refused_when_set(path):
+    with pytest.raises(ValueError, match='is (a|under the) system directory') as e:
+        check_chown([path])
+    assert 'Accepted:' in str(e.value) and '/var/lib/mysite/sessions' in str(e.value)
+    assert check_chown(['/var/lib/mysite/sessions']) == ['/var/lib/mysite/sessions']
+
+
+def test_chown_of_a_system_directory_is_refused_by_the_plugin_and_the_check(spawn):
+    from cherrypy.process.wspbus import Bus
+
+    from cherrypy_dropprivs import DropPrivileges
+
+    for path in ('/', '/etc'):
+        with pytest.raises(ValueError, match=f'chown: {path} is a system directory'):
+            DropPrivileges(Bus(), 'nobody', chown=[path])
+    proc = spawn([sys.executable, '-m', 'cherrypy_dropprivs', 'check', '--uid', 'nobody',
+                  '--chown', '/etc'])
+    assert proc.wait_exit(30) == 2
+    assert 'chown: /etc is a system directory' in proc.log()
