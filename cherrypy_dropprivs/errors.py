@@ -6,7 +6,10 @@ without importing each other.
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import os
+import sys
+from typing import Callable, NoReturn, Optional
 
 #: Exit status when the drop or its verification fails (sysexits EX_NOPERM).
 EXIT_DROP_FAILED = 77
@@ -53,3 +56,23 @@ class PrivilegeDropError(RuntimeError):
 
 class VerificationError(PrivilegeDropError):
     """The kernel's view after the drop differs from the target."""
+
+
+def exit_now(log: Callable[..., None], msg: str, status: int) -> NoReturn:
+    """Log one CRITICAL line, flush every log handler and stream, and end the
+    process at once (``os._exit``): CherryPy's bus would otherwise go on to run
+    later listeners, as root. ``log`` is ``bus.log``."""
+    log(f'dropprivs: FAILED: {msg}; exiting with status {status} before serving',
+        level=logging.CRITICAL)
+    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, 'handlers', ()):
+            try:
+                handler.flush()
+            except Exception:
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from typing import List, NoReturn, Optional, Sequence, Union
 
 from cherrypy.process.plugins import SimplePlugin
@@ -20,7 +19,14 @@ from cherrypy.process.plugins import SimplePlugin
 from . import capabilities, operating, preflight, restart_guard, server_hooks
 from .credentials import holds_root
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
-from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, OPTION_NAMES, ConfigError, PrivilegeDropError
+from .errors import (
+    EXIT_BAD_CONFIG,
+    EXIT_DROP_FAILED,
+    OPTION_NAMES,
+    ConfigError,
+    PrivilegeDropError,
+    exit_now,
+)
 from .gate import Gate
 from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
 from .listening_sockets import HANDOFF_ENV, KEEPER
@@ -378,9 +384,7 @@ class DropPrivileges(SimplePlugin):
         self.bus.log(f'dropprivs: {msg}', level=level)
 
     def _fail(self, msg: str, status: int) -> NoReturn:
-        self._log(f'FAILED: {msg}; exiting with status {status} before serving', logging.CRITICAL)
-        _flush_logs()
-        os._exit(status)
+        exit_now(self.bus.log, msg, status)
 
 
 def _flag(name: str, value: object) -> bool:
@@ -391,17 +395,3 @@ def _flag(name: str, value: object) -> bool:
 
 def _mask(umask: Optional[int]) -> str:
     return 'unchanged' if umask is None else f'{umask:04o}'
-
-
-def _flush_logs() -> None:
-    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
-        for handler in getattr(logger, 'handlers', ()):
-            try:
-                handler.flush()
-            except Exception:
-                pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass

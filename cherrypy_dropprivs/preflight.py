@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence
 
 import cherrypy
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
 from . import findings as F
 from . import log_guard, safe_paths
-from .errors import EXIT_DROP_FAILED, PrivilegeDropError
+from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
 from .findings import Finding
 from .identity import Identity
 from .ownership import hand_over_or_raise
@@ -314,22 +313,9 @@ def _holds(path: str, data: bytes) -> bool:
         os.close(fd)
 
 
-def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> None:
+def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> NoReturn:
     """What the plugin's _fail does, for a listener of this module's own."""
-    bus.log(f'dropprivs: FAILED: {msg}; exiting with status {status} before serving',
-            level=logging.CRITICAL)
-    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
-        for handler in getattr(logger, 'handlers', ()):
-            try:
-                handler.flush()
-            except Exception:
-                pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(status)
+    exit_now(bus.log, msg, status)
 
 
 def pidfile_problem(path: str) -> Optional[str]:

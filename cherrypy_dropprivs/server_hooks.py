@@ -10,7 +10,6 @@ Nothing on the per-request path is touched.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
-import logging
 import os
 import sys
 import threading
@@ -24,7 +23,7 @@ from cherrypy.process import servers as cp_servers
 from cherrypy.process import wspbus
 from cherrypy.process.plugins import Daemonizer
 
-from .errors import EXIT_DROP_FAILED
+from .errors import EXIT_DROP_FAILED, exit_now
 from .gate import Gate
 from .listening_sockets import KEEPER, addr_key, hold_backlog, listening_problem
 from .restart_checks import ServerInfo, can_bind_again, reexec_blockers, reexec_failure, tls_files
@@ -286,9 +285,7 @@ def install_execv_handoff(bus) -> None:
     do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
 
     def fail(why: str):
-        bus.log(f'dropprivs: FAILED: {reexec_failure(why)}; exiting with status {EXIT_DROP_FAILED}',
-                level=logging.CRITICAL)
-        os._exit(EXIT_DROP_FAILED)
+        exit_now(bus.log, reexec_failure(why), EXIT_DROP_FAILED)
 
     def _do_execv():
         if os.geteuid() != 0:  # after the drop: exec only what the new process can run
