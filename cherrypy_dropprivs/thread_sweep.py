@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Callable, Dict, List, Sequence
 
-from cherrypy.process.plugins import BackgroundTask
-
 from .errors import PrivilegeDropError
 from .kernel_view import ThreadCreds, thread_creds
 
@@ -39,7 +37,13 @@ def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool) -> List[str]:
     return out
 
 
-def _wrap(task: BackgroundTask, actions: Sequence[Callable[[], None]]) -> threading.Event:
+def _is_task(t: object) -> bool:
+    """A CherryPy ``BackgroundTask`` (duck-typed: this module stays free of
+    CherryPy imports): a thread that calls ``function`` every ``interval``."""
+    return callable(getattr(t, 'function', None)) and isinstance(getattr(t, 'interval', None), (int, float))
+
+
+def _wrap(task, actions: Sequence[Callable[[], None]]) -> threading.Event:
     done = threading.Event()
     original = task.function
 
@@ -81,7 +85,7 @@ def apply_to_existing_threads(
         if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs):
             continue
         t = by_tid.get(creds.tid)
-        if isinstance(t, BackgroundTask) and t.running:
+        if _is_task(t) and getattr(t, 'running', False):
             waits.append((t, _wrap(t, actions), min(t.interval + SLACK, max_wait)))
     start = time.monotonic()
     for _task, done, limit in waits:
@@ -94,7 +98,7 @@ def apply_to_existing_threads(
         t = by_tid.get(creds.tid)
         name = repr(t.name) if t is not None else f'{creds.name!r} (not a Python thread)'
         why = ', '.join(lacking)
-        if isinstance(t, BackgroundTask):
+        if _is_task(t):
             err = getattr(t, '_dropprivs_error', None)
             hint = (f'it failed to change itself: {err}' if err is not None else
                     f'it did not run within {min(t.interval + SLACK, max_wait):.1f}s '
