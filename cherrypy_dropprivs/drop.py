@@ -15,7 +15,7 @@ from . import capabilities, children, limits, terminal, thread_sweep
 from .credentials import holds_root, root_groups_held, switch_credentials
 from .environment import apply_login_environment
 from .errors import PrivilegeDropError
-from .identity import Identity, IdSpec, check_groups_form, format_ids, resolve_identity
+from .identity import Identity, IdSpec, format_ids, resolve_identity
 from .umask import current_umask, parse_umask
 from .verify import verify_dropped, verify_no_terminal, verify_threads
 
@@ -85,7 +85,6 @@ def make_plan(
         target = None
     else:
         target = resolve_identity(uid, gid, groups)
-    check_groups_form(groups)
     for name, flag in (('require_root', require_root), ('no_new_privs', no_new_privs)):
         if not isinstance(flag, bool):
             raise TypeError(f'{name} must be True or False; got {flag!r}')

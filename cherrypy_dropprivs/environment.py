@@ -6,7 +6,7 @@ Leaving HOME=/root makes libraries look for config and caches in root's home.
 from __future__ import annotations
 
 import os
-from typing import Dict, MutableMapping, Optional
+from typing import Dict, Optional
 
 from .identity import Identity
 
@@ -20,13 +20,12 @@ def apply_login_environment(
     target: Identity,
     old_uid: int,
     old_home: Optional[str],
-    env: Optional[MutableMapping[str, str]] = None,
 ) -> Dict[str, str]:
     """Set HOME, USER, LOGNAME and SHELL; unset per-user paths of the old user.
 
     Returns the variables set.
     """
-    env = os.environ if env is None else env
+    env = os.environ
     new = login_environment(target)
     env.update(new)
     stale = {f'/run/user/{old_uid}'}

@@ -60,7 +60,7 @@ def before_drop(plugin, plan: Plan, outcome: str) -> None:
             plugin._log(f'WARNING: {finding}', level=logging.WARNING)
 
 
-def after_drop(plugin, plan: Plan, outcome: str) -> int:
+def after_drop(plugin, plan: Plan, outcome: str) -> None:
     """Per-thread settings in threads that existed before the drop; see thread_sweep."""
     clear_caps = outcome in (NOT_ROOT, ALREADY_TARGET)
     actions = []
@@ -73,4 +73,3 @@ def after_drop(plugin, plan: Plan, outcome: str) -> int:
         what = ' and '.join(w for w, on in (('capabilities cleared', clear_caps),
                                             ('no_new_privs set', plan.no_new_privs)) if on)
         plugin._log(f'{what} in {n} thread(s) started before the drop')
-    return n

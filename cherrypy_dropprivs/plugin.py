@@ -317,7 +317,6 @@ class DropPrivileges(SimplePlugin):
             self._fail(f'{e}', EXIT_DROP_FAILED)
         self.gate.open()
 
-    start.priority = 77
 
     # -- internals ------------------------------------------------------------
 
