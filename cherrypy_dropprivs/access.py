@@ -31,9 +31,14 @@ __all__ = [
 
 
 class Who(Protocol):
-    uid: int
-    gid: int
-    groups: Iterable[int]
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def gid(self) -> int: ...
+
+    @property
+    def groups(self) -> Iterable[int]: ...
 
 
 def _names(mode: int) -> str:

@@ -15,11 +15,11 @@ import argparse
 import configparser
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import findings as F
 from . import safe_paths
-from .drop import Plan, make_plan
+from .drop import Plan, make_plan, target_of
 from .environment import login_environment
 from .errors import OPTION_NAMES, ConfigError
 from .identity import format_ids
@@ -53,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_configs(paths: Sequence[str]) -> Dict[str, Dict[str, object]]:
+def read_configs(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """Merge the files' sections (later files win), with CherryPy's reader."""
     from cherrypy.lib import reprconf
 
-    merged: Dict[str, Dict[str, object]] = {}
+    merged: Dict[str, Dict[str, Any]] = {}
     for path in paths:
         try:
             sections = reprconf.Parser().dict_from_file(path)
@@ -84,7 +84,7 @@ def _reader_error(e: Exception) -> str:
     return f'{type(e).__name__}: {e}'
 
 
-def _options(conf: Dict[str, Dict[str, object]], args: argparse.Namespace) -> Dict[str, object]:
+def _options(conf: Dict[str, Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
     glob = conf.get('global', {})
     prefix = 'engine.dropprivs.'
     opts = {k[len(prefix):]: v for k, v in glob.items() if k.startswith(prefix)}
@@ -99,20 +99,20 @@ def _options(conf: Dict[str, Dict[str, object]], args: argparse.Namespace) -> Di
     return opts
 
 
-def _plan(opts: Dict[str, object]) -> Plan:
-    kwargs = {'uid': 'nobody', 'umask': 0o077}
+def _plan(opts: Dict[str, Any]) -> Plan:
+    kwargs: Dict[str, Any] = {'uid': 'nobody', 'umask': 0o077}
     kwargs.update({k: v for k, v in opts.items() if k in PLAN_KEYS})
     return make_plan(**kwargs)
 
 
-def _flag(opts: Dict[str, object], name: str, default: bool) -> bool:
+def _flag(opts: Dict[str, Any], name: str, default: bool) -> bool:
     value = opts.get(name, default)
     if not isinstance(value, bool):
         raise TypeError(f'{name} must be True or False; got {value!r}')
     return value
 
 
-def _sections(conf) -> List[Tuple[str, Dict[str, object]]]:
+def _sections(conf) -> List[Tuple[str, Dict[str, Any]]]:
     return list(conf.items())
 
 
@@ -159,7 +159,7 @@ def _watched_files(conf, config_paths: Sequence[str]) -> List[str]:
 def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequence[str],
                  pidfiles: Sequence[str]) -> Tuple[List[str], List[str]]:
     """(notes, problems) for a start as root with ``plan``; changes nothing."""
-    who = plan.target
+    who = target_of(plan)
     user = who.user or str(who.uid)
     notes: List[str] = []
     problems: List[str] = []
@@ -189,12 +189,12 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
             problems.append(str(F.log_unsafe(path, unsafe, who)))
             continue
         if chown_logs:
-            reason = hand_over(path, who, dry_run=True) if os.path.lexists(path) else None
-            if reason is None:
+            refusal = hand_over(path, who, dry_run=True) if os.path.lexists(path) else None
+            if refusal is None:
                 notes.append(f'would hand log file {path} to {user} (created by root first '
                              f'if missing)')
                 continue
-            problems.append(str(F.make('log', F.LOG_NOT_HANDED_OVER, path, user=user, reason=reason)))
+            problems.append(str(F.make('log', F.LOG_NOT_HANDED_OVER, path, user=user, reason=refusal)))
         found = F.check_log_file(path, who)
         if found:
             problems.append(str(found))
@@ -226,7 +226,7 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
     return notes, problems
 
 
-def _describe_plan(plan: Plan, opts: Dict[str, object], chown_logs: bool) -> List[str]:
+def _describe_plan(plan: Plan, opts: Dict[str, Any], chown_logs: bool) -> List[str]:
     me_uid, me_gid = os.geteuid(), os.getegid()
     now = format_ids(me_uid, me_gid, os.getgroups())
     lines = []
@@ -237,7 +237,7 @@ def _describe_plan(plan: Plan, opts: Dict[str, object], chown_logs: bool) -> Lis
                      f'started like this the plugin would change no identity ('
                      + ('it would refuse to start: require_root' if plan.require_root
                         else 'a WARNING only; require_root=True makes that an error') + ')')
-    t = plan.target
+    t = target_of(plan)
     lines.append(f'to:   {t.describe()}')
     lines.append(f'groups: {", ".join(str(g) for g in t.groups) or "(none)"}'
                  f'{" (given)" if "groups" in opts else " (from the group database)"}')

@@ -123,6 +123,13 @@ def classify(plan: Plan) -> str:
     return NOT_ROOT
 
 
+def target_of(plan: Plan) -> Identity:
+    """The plan's target, for the outcomes that have one (classify ensures it)."""
+    if plan.target is None:
+        raise PrivilegeDropError('resolve', 'the plan has no target user')
+    return plan.target
+
+
 def carry_out(plan: Plan) -> DropRecord:
     """Change the calling process's identity per ``plan``; verify only ids.
 
@@ -133,12 +140,12 @@ def carry_out(plan: Plan) -> DropRecord:
     outcome = classify(plan)
     # Checked before anything changes: over the limit, the dropped process
     # could not start the threads it still needs (nor re-exec).
-    limits.check_nproc(plan.target.uid if outcome == DROPPED else os.getuid())
+    limits.check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
     tty: Tuple[str, ...] = ()
     if outcome == DROPPED or _foreign_terminal():
         tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
     if outcome == DROPPED:
-        switch_credentials(plan.target)
+        switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
         # but not inheritable: clear it here and in older background threads.
         _step('clear capabilities', capabilities.clear_thread_capabilities)
@@ -149,7 +156,7 @@ def carry_out(plan: Plan) -> DropRecord:
     if plan.umask is not None:
         os.umask(plan.umask)
     if outcome == DROPPED:
-        apply_login_environment(plan.target, before.uids[1], before.home)
+        apply_login_environment(target_of(plan), before.uids[1], before.home)
     if plan.no_new_privs:
         _step('prctl(PR_SET_NO_NEW_PRIVS)', capabilities.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
@@ -158,7 +165,7 @@ def carry_out(plan: Plan) -> DropRecord:
 def verify(plan: Plan, record: DropRecord) -> DropRecord:
     """Check the result in the kernel's view; returns the record with the thread count."""
     if record.outcome in (DROPPED, ALREADY_TARGET):
-        n = verify_dropped(plan.target, plan.no_new_privs)
+        n = verify_dropped(target_of(plan), plan.no_new_privs)
     else:
         n = verify_threads(None, plan.no_new_privs)
     if record.outcome == DROPPED or record.terminal:

@@ -123,6 +123,7 @@ def check_log_file(path: str, who) -> Optional[Finding]:
 
 
 def check_session_path(path: str, who) -> Optional[Finding]:
+    reason: Optional[str]
     if not os.path.isdir(path):
         reason = f'{path} is not a directory' if os.path.exists(path) else 'it does not exist'
     else:

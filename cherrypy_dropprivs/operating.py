@@ -14,7 +14,7 @@ import logging
 from typing import List, Optional, Sequence
 
 from . import capabilities, preflight, safe_paths, thread_sweep
-from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan
+from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 
 
 def check_chown(value: Optional[Sequence[str]]) -> List[str]:
@@ -49,8 +49,9 @@ def before_drop(plugin, plan: Plan, outcome: str) -> None:
         for lm in preflight.log_managers():
             preflight.make_reopen_safe(plugin.bus, lm)
         return
-    report = preflight.prepare(plugin.bus, plan.target, plugin.chown_logs, plugin.chown)
-    user = plan.target.user or str(plan.target.uid)
+    target = target_of(plan)
+    report = preflight.prepare(plugin.bus, target, plugin.chown_logs, plugin.chown)
+    user = target.user or str(target.uid)
     if report.handed_over:
         plugin._log(f'handed to {user} (owner and group; mode kept): {", ".join(report.handed_over)}')
     for finding in report.findings:

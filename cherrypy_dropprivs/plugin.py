@@ -18,7 +18,18 @@ from cherrypy.process.plugins import SimplePlugin
 
 from . import capabilities, operating, preflight, restart_guard, server_hooks
 from .credentials import holds_root
-from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, Snapshot, carry_out, classify, make_plan, verify
+from .drop import (
+    ALREADY_TARGET,
+    DROPPED,
+    NOT_ROOT,
+    DropRecord,
+    Plan,
+    Snapshot,
+    carry_out,
+    classify,
+    make_plan,
+    verify,
+)
 from .errors import (
     EXIT_BAD_CONFIG,
     EXIT_DROP_FAILED,
@@ -31,7 +42,6 @@ from .gate import Gate
 from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
 from .listening_sockets import HANDOFF_ENV, KEEPER
 from .umask import parse_umask
-from .verify import verify_dropped, verify_threads
 
 #: The arm listener runs before the Daemonizer (65), PIDFile and Autoreloader
 #: (70) and the servers (75), so that a bad plan stops the process before
@@ -66,8 +76,10 @@ class DropPrivileges(SimplePlugin):
         self._holding = True
         self.gate = Gate()
         #: The first drop's record; a second start only re-verifies.
-        self.record = None
+        self.record: Optional[DropRecord] = None
+        #: The plan and its outcome, decided once per start by the arm listener.
         self._plan: Optional[Plan] = None
+        self._outcome = NOT_ROOT
         self.uid = uid
         self.gid = gid
         self.groups = groups
@@ -96,7 +108,7 @@ class DropPrivileges(SimplePlugin):
         try:
             super().__setattr__(name, value)
         except (ValueError, TypeError) as e:
-            e.dropprivs_option = name  # type: ignore[attr-defined]  (exit 78 if uncaught)
+            e.dropprivs_option = name  # type: ignore[union-attr]  # exit 78 if uncaught
             raise
 
     @property
@@ -224,23 +236,24 @@ class DropPrivileges(SimplePlugin):
         # empty inheritable set; older ones are swept at the drop.
         capabilities.clear_inheritable()
         try:
-            self._plan = self.plan()
+            plan = self.plan()
         except (ValueError, TypeError) as e:
             self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
         if self.record is None:
             self._adopt_handed_over_sockets()
             if KEEPER.daemonized:
                 server_hooks.stay_daemonized(self.bus)
-            if self._plan.require_root and not holds_root() and KEEPER.proves_root_start():
+            if plan.require_root and not holds_root() and KEEPER.proves_root_start():
                 # Re-executed by our own restart: root was checked (and dropped)
                 # before the exec, and a socket only root could bind proves it.
-                self._plan = dataclasses.replace(self._plan, require_root=False)
+                plan = dataclasses.replace(plan, require_root=False)
             try:
-                outcome = classify(self._plan)
+                outcome = classify(plan)
             except PrivilegeDropError as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
         else:  # a second start: already dropped (or never root); nothing to classify
             outcome = self.record.outcome
+        self._plan, self._outcome = plan, outcome
         self._holding = self._must_hold()
         if not self._holding:
             # Nothing to take away before serving: stay out of CherryPy's way
@@ -304,12 +317,12 @@ class DropPrivileges(SimplePlugin):
                         f'{"; ".join(unbound)}; every server must start before the drop',
                     )
             if self.record is None:
-                self._first_drop()
+                self.record = self._first_drop()
                 if self.record.outcome == DROPPED:
                     for warning in restart_guard.restart_warnings(self.bus, adapters):
                         self._log(warning, logging.WARNING)
             else:
-                self._again()
+                self._again(self.record)
             if self._holding:
                 server_hooks.keep_sockets(adapters)
                 server_hooks.install_execv_handoff(self.bus)
@@ -320,11 +333,15 @@ class DropPrivileges(SimplePlugin):
 
     # -- internals ------------------------------------------------------------
 
-    def _first_drop(self) -> None:
-        plan = self._plan
-        outcome = classify(plan)
+    def _armed_plan(self) -> Plan:
+        if self._plan is None:  # the arm listener (priority 10) did not run
+            raise PrivilegeDropError('plan', 'the start listener ran without the arm listener')
+        return self._plan
+
+    def _first_drop(self) -> DropRecord:
+        plan, outcome = self._armed_plan(), self._outcome
         target = plan.target
-        if outcome == DROPPED:
+        if outcome == DROPPED and target is not None:
             self._log(
                 f'dropping privileges: from {Snapshot.take().describe()} to '
                 f'{target.describe()} umask={_mask(plan.umask)}'
@@ -336,7 +353,6 @@ class DropPrivileges(SimplePlugin):
         record = verify(plan, record)
         for line in record.terminal:
             self._log(line)
-        self.record = record
         if outcome == DROPPED:
             self._log(
                 f'running as {record.after.describe()} HOME={os.environ.get("HOME")}; '
@@ -360,14 +376,11 @@ class DropPrivileges(SimplePlugin):
                 + (f' (target {target.describe()} not applied)' if target else ''),
                 level=logging.WARNING,
             )
+        return record
 
-    def _again(self) -> None:
+    def _again(self, record: DropRecord) -> None:
         """A second start in the same process: no new drop, only a check."""
-        plan, outcome = self._plan, self.record.outcome
-        if outcome in (DROPPED, ALREADY_TARGET):
-            n = verify_dropped(plan.target, plan.no_new_privs)
-        else:
-            n = verify_threads(None, plan.no_new_privs)
+        n = verify(self._armed_plan(), record).threads_checked
         self._log(f'already dropped; running as {Snapshot.take().describe()}; verified on {n} threads')
 
     def _thread_actions(self, outcome: str):
@@ -375,7 +388,7 @@ class DropPrivileges(SimplePlugin):
         actions = [capabilities.clear_inheritable]  # setresuid never clears CapInh
         if outcome in (NOT_ROOT, ALREADY_TARGET):
             actions.append(capabilities.clear_thread_capabilities)
-        if self._plan.no_new_privs:
+        if self._armed_plan().no_new_privs:
             actions.append(capabilities.set_no_new_privs)
         return actions
 

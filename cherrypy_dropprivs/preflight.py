@@ -351,7 +351,7 @@ def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
             bus.log(f'dropprivs: PID file {path} could not be removed as uid {os.geteuid()} '
                     f'({e.strerror}); a stale PID file is left behind', level=logging.WARNING)
 
-    exit_pidfile._dropprivs_owner = plugin
+    exit_pidfile._dropprivs_owner = plugin  # type: ignore[attr-defined]
     plugin._dropprivs_exit = exit_pidfile
     bus.subscribe('exit', exit_pidfile, priority=priority)
 
@@ -385,7 +385,7 @@ def make_reopen_safe(bus, manager) -> None:
                     continue
                 h.acquire()
                 try:
-                    old, h.stream = h.stream, stream
+                    old, h.stream = h.stream, stream  # type: ignore[assignment]
                 finally:
                     h.release()
                 if old is not None:

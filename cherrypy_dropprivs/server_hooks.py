@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import cheroot.server
 import portend
@@ -160,8 +160,13 @@ def hold_servers_subscribed_later(bus, gate: Gate) -> None:
     bus.subscribe = subscribe
 
 
-def hook_httpserver(adapter, httpserver, gate: Gate) -> None:
-    if not isinstance(httpserver, cheroot.server.HTTPServer):
+def _is_cheroot_server(httpserver: object) -> bool:
+    return isinstance(httpserver, cheroot.server.HTTPServer)
+
+
+def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
+    """Per-instance hooks on one cheroot server (see the module docstring)."""
+    if not _is_cheroot_server(httpserver):
         raise UngateableServer(
             f'server {describe(adapter)} is a {type(httpserver).__name__}, not a cheroot '
             f'HTTPServer: its requests cannot be held until the drop'

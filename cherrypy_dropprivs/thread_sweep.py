@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from .errors import PrivilegeDropError
 from .kernel_view import ThreadCreds, thread_creds
@@ -77,14 +77,14 @@ def apply_to_existing_threads(
     if not actions or not (clear_caps or no_new_privs):
         return 0
     me = threading.get_native_id()
-    by_tid: Dict[int, threading.Thread] = {
+    by_tid: Dict[int, Any] = {
         t.native_id: t for t in threading.enumerate() if t.native_id is not None
     }
     waits = []
     for creds in thread_creds('self'):
         if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs):
             continue
-        t = by_tid.get(creds.tid)
+        t: Any = by_tid.get(creds.tid)
         if _is_task(t) and getattr(t, 'running', False):
             waits.append((t, _wrap(t, actions), min(t.interval + SLACK, max_wait)))
     start = time.monotonic()
