@@ -4,11 +4,11 @@ Importing this package creates ``cherrypy.engine.dropprivs`` (unsubscribed),
 so a CherryPy config file can switch it on with ``engine.dropprivs.on: True``.
 """
 
-from .activation import install as _install
-from .drop import DropRecord, Plan, Snapshot, drop_privileges, make_plan
+from .drop import DropRecord, Snapshot, drop_privileges
 from .errors import PrivilegeDropError, VerificationError
-from .identity import Identity, resolve_identity
+from .identity import Identity, Plan, make_plan, resolve_identity
 from .plugin import DropPrivileges
+from .plugin import install as _install
 
 __all__ = [
     'DropPrivileges',

@@ -1,37 +1,33 @@
-"""The whole drop as one plain function, plus the pieces the plugin reuses.
+"""The drop: set*id sequence, environment, umask, per-thread settings, verification.
 
-A plan is validated first (bad input never reaches a set*id call), then
-carried out on the calling thread, then verified against the kernel.
+A plan (identity.make_plan) is carried out on the calling thread, then
+verified against the kernel, after OpenSSH's permanently_set_uid: every id
+re-read, regaining root must fail, every thread read from /proc, no
+controlling terminal, no child left holding root. Order matters: groups,
+then gid, then uid, all three ids at once (setresgid/setresuid), so no saved
+root id is left to regain; glibc applies each call to every thread.
+No CherryPy imports: drop_privileges() serves code outside the bus too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import resource
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import capabilities, children, limits, terminal, thread_sweep
-from .credentials import holds_root, root_groups_held, switch_credentials
-from .environment import apply_login_environment
-from .errors import PrivilegeDropError
-from .identity import Identity, IdSpec, format_ids, resolve_identity
-from .umask import current_umask, parse_umask
-from .verify import verify_dropped, verify_no_terminal, verify_threads
+from . import kernel
+from .errors import PrivilegeDropError, VerificationError
+from .identity import Identity, IdSpec, Plan, format_ids, make_plan
+from .kernel import ThreadCreds, current_umask, thread_creds
 
 #: What a drop did: it changed identity, found the target already in place
 #: (a re-executed process), or ran without root and changed no identity.
 DROPPED, ALREADY_TARGET, NOT_ROOT = 'dropped', 'already-target', 'not-root'
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Validated input for a drop. ``target`` None keeps the current user."""
-
-    target: Optional[Identity]
-    umask: Optional[int]
-    require_root: bool = False
-    no_new_privs: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,30 +61,6 @@ class DropRecord:
     threads_checked: int = 0
     #: What was done about a controlling terminal before the drop ([] if nothing).
     terminal: Tuple[str, ...] = ()
-
-
-def make_plan(
-    uid: Optional[IdSpec] = 'nobody',
-    gid: Optional[IdSpec] = None,
-    groups: Optional[Sequence[IdSpec]] = None,
-    umask: Union[int, str, None] = 0o077,
-    require_root: bool = False,
-    no_new_privs: bool = False,
-) -> Plan:
-    """Validate and resolve everything; raises ValueError/TypeError on bad input."""
-    if uid is None:
-        if gid is not None or groups is not None:
-            raise ValueError(
-                'gid and groups need a uid: with uid=None the user is kept, so its groups '
-                'cannot change either; give uid as well'
-            )
-        target = None
-    else:
-        target = resolve_identity(uid, gid, groups)
-    for name, flag in (('require_root', require_root), ('no_new_privs', no_new_privs)):
-        if not isinstance(flag, bool):
-            raise TypeError(f'{name} must be True or False; got {flag!r}')
-    return Plan(target, parse_umask(umask), require_root, no_new_privs)
 
 
 def classify(plan: Plan) -> str:
@@ -140,25 +112,25 @@ def carry_out(plan: Plan) -> DropRecord:
     outcome = classify(plan)
     # Checked before anything changes: over the limit, the dropped process
     # could not start the threads it still needs (nor re-exec).
-    limits.check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
+    check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
     tty: Tuple[str, ...] = ()
     if outcome == DROPPED or _foreign_terminal():
-        tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
+        tty = tuple(_step('give up the controlling terminal', kernel.give_up) or ())
     if outcome == DROPPED:
         switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
         # but not inheritable: clear it here and in older background threads.
-        _step('clear capabilities', capabilities.clear_thread_capabilities)
-        thread_sweep.apply_to_existing_threads(
-            [capabilities.clear_thread_capabilities], clear_caps=True, no_new_privs=False)
+        _step('clear capabilities', kernel.clear_thread_capabilities)
+        apply_to_existing_threads(
+            [kernel.clear_thread_capabilities], clear_caps=True, no_new_privs=False)
     else:
-        _step('clear capabilities', capabilities.clear_thread_capabilities)
+        _step('clear capabilities', kernel.clear_thread_capabilities)
     if plan.umask is not None:
         os.umask(plan.umask)
     if outcome == DROPPED:
         apply_login_environment(target_of(plan), before.uids[1], before.home)
     if plan.no_new_privs:
-        _step('prctl(PR_SET_NO_NEW_PRIVS)', capabilities.set_no_new_privs)
+        _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
 
 
@@ -170,7 +142,7 @@ def verify(plan: Plan, record: DropRecord) -> DropRecord:
         n = verify_threads(None, plan.no_new_privs)
     if record.outcome == DROPPED or record.terminal:
         verify_no_terminal()
-    children.verify_no_root_children()
+    verify_no_root_children()
     return dataclasses.replace(record, threads_checked=n)
 
 
@@ -196,12 +168,389 @@ def drop_privileges(
 
 def _foreign_terminal() -> bool:
     """Not root, but with a controlling terminal that belongs to another user (root's)."""
-    owner = _step('look at the controlling terminal', terminal.terminal_owner)
+    owner = _step('look at the controlling terminal', kernel.terminal_owner)
     return owner is not None and owner != os.getuid()
 
 
-def _step(name: str, func):
+def _step(name: str, func, *args):
+    """Call ``func(*args)``; an OSError becomes a PrivilegeDropError naming the step."""
     try:
-        return func()
+        return func(*args)
     except OSError as e:
         raise PrivilegeDropError(name, 'the kernel refused', e) from e
+
+
+def holds_root() -> bool:
+    """True if any of the real, effective or saved uids is 0."""
+    return 0 in os.getresuid()
+
+
+def root_groups_held() -> list:
+    """Where this process holds group 0 (real/effective/saved gid, supplementary); [] if nowhere."""
+    held = [f'{name} gid 0' for name, g in zip(('real', 'effective', 'saved'), os.getresgid()) if g == 0]
+    if 0 in os.getgroups():
+        held.append('supplementary group 0')
+    return held
+
+
+def switch_credentials(target: Identity) -> None:
+    """Permanently become ``target``. Raises PrivilegeDropError naming the step."""
+    if os.geteuid() != 0 and holds_root():
+        # A saved or real uid of 0 with another euid: take euid 0 back first,
+        # so the calls below are allowed to set every id.
+        _step('seteuid(0)', os.seteuid, 0)
+    _step(f'setgroups({list(target.groups)})', os.setgroups, list(target.groups))
+    _step(f'setresgid({target.gid})', os.setresgid, target.gid, target.gid, target.gid)
+    _step(f'setresuid({target.uid})', os.setresuid, target.uid, target.uid, target.uid)
+
+
+def login_environment(target: Identity) -> Dict[str, str]:
+    name = target.user if target.user is not None else str(target.uid)
+    return {'HOME': target.home, 'USER': name, 'LOGNAME': name, 'SHELL': target.shell}
+
+
+def apply_login_environment(
+    target: Identity,
+    old_uid: int,
+    old_home: Optional[str],
+) -> Dict[str, str]:
+    """Set HOME, USER, LOGNAME and SHELL; unset per-user paths of the old user.
+
+    Returns the variables set.
+    """
+    env = os.environ
+    new = login_environment(target)
+    env.update(new)
+    stale = {f'/run/user/{old_uid}'}
+    if old_home:
+        stale.add(old_home)
+    for var in ('XDG_RUNTIME_DIR', 'MAIL'):
+        value = env.get(var)
+        if value and (value in stale or var == 'MAIL'):
+            del env[var]
+    return new
+
+
+def _must_fail(what: str, func: Callable, *args) -> None:
+    try:
+        func(*args)
+    except PermissionError:
+        return
+    except OSError as e:
+        raise VerificationError('regain', f'{what} failed oddly, not with EPERM', e) from e
+    raise VerificationError('regain', f'{what} succeeded: root can be regained')
+
+
+def verify_ids(target: Identity) -> None:
+    """getres[ug]id and getgroups equal the target exactly."""
+    resuid = os.getresuid()
+    if resuid != (target.uid,) * 3:
+        raise VerificationError('getresuid', f'is {resuid}, expected {(target.uid,) * 3}')
+    resgid = os.getresgid()
+    if resgid != (target.gid,) * 3:
+        raise VerificationError('getresgid', f'is {resgid}, expected {(target.gid,) * 3}')
+    groups = sorted(set(os.getgroups()))
+    if groups != sorted(set(target.groups)):
+        raise VerificationError('getgroups', f'is {groups}, expected {sorted(set(target.groups))}')
+
+
+def verify_cannot_regain_root() -> None:
+    _must_fail('setuid(0)', os.setuid, 0)
+    _must_fail('seteuid(0)', os.seteuid, 0)
+    _must_fail('setgid(0)', os.setgid, 0)
+    _must_fail('setegid(0)', os.setegid, 0)
+    _must_fail('setgroups([0])', os.setgroups, [0])
+
+
+def thread_problems(
+    threads: List[ThreadCreds],
+    target: Optional[Identity],
+    no_new_privs: bool = False,
+) -> List[str]:
+    """Every way a thread differs from the target; [] when all is well.
+
+    ``target`` None checks capabilities (and no_new_privs) only: the case of
+    a non-root process that keeps its user.
+    """
+    problems = []
+    for t in threads:
+        where = f'thread {t.tid} ({t.name})'
+        if target is not None:
+            if t.uids != (target.uid,) * 4:
+                problems.append(f'{where}: Uid {t.uids}, expected {target.uid} x4')
+            if t.gids != (target.gid,) * 4:
+                problems.append(f'{where}: Gid {t.gids}, expected {target.gid} x4')
+            if sorted(set(t.groups)) != sorted(set(target.groups)):
+                problems.append(f'{where}: Groups {list(t.groups)}, expected {list(target.groups)}')
+        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
+                             ('CapInh', t.cap_inh)):
+            if value:
+                problems.append(f'{where}: {label} {value:016x}, expected 0')
+        if no_new_privs and not t.no_new_privs:
+            problems.append(f'{where}: NoNewPrivs 0, expected 1')
+    return problems
+
+
+def verify_threads(target: Optional[Identity], no_new_privs: bool = False) -> int:
+    """Check every thread in /proc/self/task; return how many were checked."""
+    if not sys.platform.startswith('linux'):
+        return 0
+    threads = thread_creds('self')
+    problems = thread_problems(threads, target, no_new_privs)
+    if problems:
+        raise VerificationError('/proc/self/task', '; '.join(problems))
+    return len(threads)
+
+
+def verify_no_terminal() -> None:
+    """No controlling terminal: /proc/self/stat field 7 (tty_nr) is 0."""
+    if not sys.platform.startswith('linux'):
+        return
+    nr = kernel.tty_nr()
+    if nr:
+        raise VerificationError(
+            'terminal', f'still has a controlling terminal (tty_nr {nr:#x}): it could type '
+            f'into that terminal (TIOCSTI)')
+
+
+def verify_dropped(target: Identity, no_new_privs: bool = False) -> int:
+    """The full check after a drop from root; returns the thread count."""
+    verify_ids(target)
+    verify_cannot_regain_root()
+    verify_ids(target)  # checked twice, as OpenSSH does: the attempts must not have changed anything
+    return verify_threads(target, no_new_privs)
+
+
+#: Longest the drop waits for a background task's next run (seconds).
+MAX_WAIT = 5.0
+
+
+#: Added to a task's interval: the time its function may itself take.
+SLACK = 1.0
+
+
+def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool) -> List[str]:
+    out = []
+    if clear_caps:
+        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
+                             ('CapInh', t.cap_inh)):
+            if value:
+                out.append(f'{label} {value:016x}')
+    if no_new_privs and not t.no_new_privs:
+        out.append('NoNewPrivs 0')
+    return out
+
+
+def _is_task(t: object) -> bool:
+    """A CherryPy ``BackgroundTask`` (duck-typed: this module stays free of
+    CherryPy imports): a thread that calls ``function`` every ``interval``."""
+    return callable(getattr(t, 'function', None)) and isinstance(getattr(t, 'interval', None), (int, float))
+
+
+def _wrap(task, actions: Sequence[Callable[[], None]]) -> threading.Event:
+    done = threading.Event()
+    original = task.function
+
+    def once(*args, **kwargs):
+        task.function = original
+        try:
+            for action in actions:
+                action()
+        except Exception as e:  # the drop fails closed; never run the task as it was
+            task._dropprivs_error = e
+            raise
+        finally:
+            done.set()
+        return original(*args, **kwargs)
+
+    task.function = once
+    return done
+
+
+def apply_to_existing_threads(
+    actions: Sequence[Callable[[], None]],
+    clear_caps: bool,
+    no_new_privs: bool,
+    max_wait: float = MAX_WAIT,
+) -> int:
+    """Run ``actions`` in every older background thread that needs them.
+
+    Returns how many threads were handled. Raises PrivilegeDropError naming
+    each thread that still holds capabilities or lacks no_new_privs.
+    """
+    if not actions or not (clear_caps or no_new_privs):
+        return 0
+    me = threading.get_native_id()
+    by_tid: Dict[int, Any] = {
+        t.native_id: t for t in threading.enumerate() if t.native_id is not None
+    }
+    waits = []
+    for creds in thread_creds('self'):
+        if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs):
+            continue
+        t: Any = by_tid.get(creds.tid)
+        if _is_task(t) and getattr(t, 'running', False):
+            waits.append((t, _wrap(t, actions), min(t.interval + SLACK, max_wait)))
+    start = time.monotonic()
+    for _task, done, limit in waits:
+        done.wait(max(0.0, limit - (time.monotonic() - start)))
+    problems = []
+    for creds in thread_creds('self'):
+        lacking = _lacking(creds, clear_caps, no_new_privs)
+        if creds.tid == me or not lacking:
+            continue
+        t = by_tid.get(creds.tid)
+        name = repr(t.name) if t is not None else f'{creds.name!r} (not a Python thread)'
+        why = ', '.join(lacking)
+        if _is_task(t):
+            err = getattr(t, '_dropprivs_error', None)
+            hint = (f'it failed to change itself: {err}' if err is not None else
+                    f'it did not run within {min(t.interval + SLACK, max_wait):.1f}s '
+                    f'(interval {t.interval}s); start it after the drop, or use an interval '
+                    f'under {max_wait - SLACK:.0f}s')
+        else:
+            hint = ('it was started before the drop and cannot be reached from here; '
+                    'start it after the drop (e.g. from a start listener above the drop\'s priority)')
+        problems.append(f'thread {creds.tid} {name}: {why}; {hint}')
+    if problems:
+        raise PrivilegeDropError(
+            'threads', 'capabilities and no_new_privs are per thread, and these threads '
+            'still differ: ' + '; '.join(problems))
+    return len(waits)
+
+
+def _stat(pid: str) -> Optional[Tuple[int, str, str]]:
+    """(ppid, state, comm) of ``pid``, or None if it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            data = f.read()
+    except OSError:
+        return None
+    comm = data[data.index(b'(') + 1:data.rindex(b')')].decode(errors='replace')
+    fields = data[data.rindex(b')') + 2:].split()
+    return int(fields[1]), fields[0].decode(), comm
+
+
+def descendants(pid: Optional[int] = None) -> Dict[int, Tuple[int, str, str]]:
+    """Every live descendant of ``pid`` (default: this process): {pid: (ppid, state, comm)}."""
+    root = os.getpid() if pid is None else pid
+    table = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            info = _stat(entry)
+            if info is not None:
+                table[int(entry)] = info
+    found: Dict[int, Tuple[int, str, str]] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for child, info in table.items():
+            if info[0] == parent and child not in found and child != root:
+                found[child] = info
+                frontier.append(child)
+    return found
+
+
+def root_held(pid: int) -> List[str]:
+    """What of root ``pid`` holds, over all its threads; [] if nothing (or gone)."""
+    try:
+        threads = thread_creds(pid)
+    except OSError:
+        return []
+    held = []
+    for t in threads:
+        for label, ids in (('Uid', t.uids), ('Gid', t.gids)):
+            if 0 in ids and f'{label} {" ".join(map(str, ids))}' not in held:
+                held.append(f'{label} {" ".join(map(str, ids))}')
+        if 0 in t.groups and 'group 0' not in held:
+            held.append('group 0')
+        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
+                             ('CapInh', t.cap_inh)):
+            if value and not any(h.startswith(label) for h in held):
+                held.append(f'{label} {value:016x}')
+    return held
+
+
+def problems() -> List[str]:
+    """One line per live descendant that still holds root."""
+    out = []
+    for pid, (ppid, state, comm) in sorted(descendants().items()):
+        if state in ('Z', 'X'):  # exited, not yet reaped: holds nothing
+            continue
+        held = root_held(pid)
+        if held:
+            rel = 'child' if ppid == os.getpid() else f'descendant (parent {ppid})'
+            out.append(f'{rel} process {pid} ({comm}) holds {", ".join(held)}')
+    return out
+
+
+def verify_no_root_children() -> None:
+    """Fail closed (VerificationError) naming every descendant that still holds root."""
+    found = problems()
+    if found:
+        raise VerificationError(
+            'child processes',
+            '; '.join(found) + '; set*id changes only this process, never its children: start '
+            'helpers after the drop (a start listener above the drop\'s priority), or stop them '
+            'before it')
+
+
+#: Threads started lazily after the gate opens besides cheroot's one per
+#: server: e.g. the session-cleanup Monitor on the first request with
+#: sessions on, or a Timer a handler uses to call engine.restart().
+RESERVE = 2
+
+
+def tasks_of_uid(uid: int, exclude_pid: int) -> int:
+    """Tasks (threads) of processes whose real uid is ``uid``, from /proc, but ``exclude_pid``'s."""
+    n = 0
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == exclude_pid:
+            continue
+        try:
+            with open(f'/proc/{entry}/status') as f:
+                real = threads = None
+                for line in f:
+                    if line.startswith('Uid:'):
+                        real = int(line.split()[1])
+                    elif line.startswith('Threads:'):
+                        threads = int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or a kernel thread without these lines
+        if real == uid and threads:
+            n += threads
+    return n
+
+
+def later_threads() -> int:
+    """Threads this process will still start: one per held cheroot server, plus RESERVE."""
+    servers = sum(1 for t in threading.enumerate() if t.name.startswith('HTTPServer '))
+    return servers + RESERVE
+
+
+def needed(uid: int) -> Tuple[int, int, int, int]:
+    """(total, other tasks of uid, this process's threads, later threads)."""
+    me = os.getpid()
+    others = tasks_of_uid(uid, me)
+    mine = len(os.listdir('/proc/self/task'))
+    later = later_threads()
+    return others + mine + later, others, mine, later
+
+
+def check_nproc(uid: int) -> None:
+    """Fail closed (PrivilegeDropError) unless ``uid``'s tasks will fit under RLIMIT_NPROC."""
+    if uid == 0:
+        return
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY:
+        return
+    total, others, mine, later = needed(uid)
+    if total > soft:
+        raise PrivilegeDropError(
+            'RLIMIT_NPROC',
+            f'the limit is {soft} tasks for uid {uid}, which will need {total}: {mine} threads of '
+            f'this process, {later} it starts later, {others} of other processes of uid {uid}; '
+            f'raise it (systemd LimitNPROC=, conf nproc, ulimit -u) or use fewer threads '
+            f'(server.thread_pool)',
+        )

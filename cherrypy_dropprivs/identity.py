@@ -1,8 +1,10 @@
-"""Resolving who to drop to: user, primary group, supplementary groups.
+"""Options to a validated plan: who to drop to, the umask, the flags, the chown paths.
 
 Names and numbers are both accepted. A string is a name first; only when no
 such name exists and it is all digits is it taken as a number (chown(1)'s
 rule). Anything ambiguous or root-ish is refused here, before anything binds.
+A umask string is always octal (``umask 027`` in a shell): a config value of
+``'027'`` read as decimal would be a silent disaster. No CherryPy imports.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from .files import normalize, system_path_reason
 
 IdSpec = Union[int, str]
 
+
 #: Largest valid id: (uid_t)-1 means "unchanged" to the kernel, so it is out.
 MAX_ID = 2**32 - 2
+
 
 _ID_ACCEPTED = 'a name that exists, or a number in 1..{max} (as an int or all-digit string)'
 
@@ -193,3 +199,88 @@ def resolve_identity(
         home=home,
         shell=shell,
     )
+
+
+ACCEPTED = "an int in 0..0o777, an octal string such as '027' or '0o027', or None"
+
+
+def parse_umask(value: Union[int, str, None]) -> Optional[int]:
+    """Return the umask as an int, or None to leave it unchanged.
+
+    Strings are always octal (as ``umask 027`` in a shell), because a config
+    file value of ``'027'`` read as decimal would be a silent disaster.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f'umask must be {ACCEPTED}; got {value!r} ({type(value).__name__})')
+    shown = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        digits = text[2:] if text.startswith('0o') else text
+        if not digits or any(c not in '01234567' for c in digits):
+            raise ValueError(f'umask {value!r} is not octal; accepted: {ACCEPTED}')
+        value = int(digits, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f'umask {shown!r} is out of range; accepted: {ACCEPTED}')
+    return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Validated input for a drop. ``target`` None keeps the current user."""
+
+    target: Optional[Identity]
+    umask: Optional[int]
+    require_root: bool = False
+    no_new_privs: bool = False
+
+
+def make_plan(
+    uid: Optional[IdSpec] = 'nobody',
+    gid: Optional[IdSpec] = None,
+    groups: Optional[Sequence[IdSpec]] = None,
+    umask: Union[int, str, None] = 0o077,
+    require_root: bool = False,
+    no_new_privs: bool = False,
+) -> Plan:
+    """Validate and resolve everything; raises ValueError/TypeError on bad input."""
+    if uid is None:
+        if gid is not None or groups is not None:
+            raise ValueError(
+                'gid and groups need a uid: with uid=None the user is kept, so its groups '
+                'cannot change either; give uid as well'
+            )
+        target = None
+    else:
+        target = resolve_identity(uid, gid, groups)
+    for name, flag in (('require_root', require_root), ('no_new_privs', no_new_privs)):
+        if not isinstance(flag, bool):
+            raise TypeError(f'{name} must be True or False; got {flag!r}')
+    return Plan(target, parse_umask(umask), require_root, no_new_privs)
+
+
+def check_chown(value: Optional[Sequence[str]]) -> List[str]:
+    """Validate the ``chown`` option: a list of path strings, none a system directory.
+
+    TypeError for a wrong type, ValueError for a system directory (``/``,
+    ``/etc``, ``/var/log``, anything under ``/usr``... see
+    :data:`.SYSTEM_DIRS` and :data:`.SYSTEM_TREES`).
+    """
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f'chown must be a list of paths (e.g. [\'/var/lib/app/sessions\']); got {value!r}')
+    for p in value:
+        if not isinstance(p, str) or not p:
+            raise TypeError(f'chown entries must be non-empty path strings; got {p!r}')
+    paths = [normalize(p) for p in value]
+    for p in paths:
+        reason = system_path_reason(p)
+        if reason:
+            raise ValueError(
+                f'chown: {reason}; handing it to the target user would give the site a '
+                f'directory the system or root relies on. Accepted: the site\'s own paths '
+                f'below the shared ones, e.g. /var/lib/mysite/sessions or /srv/mysite/uploads'
+            )
+    return paths

@@ -1,10 +1,14 @@
 """The CherryPy plugin: thin wiring of the drop into the bus lifecycle.
 
-Two ``start`` listeners: ``arm`` (early, before the servers) validates the
-plan and makes every server wait at a gate; ``start`` (priority 77 by
-default, after the servers have bound) drops, verifies, and opens the gate.
-Any failure logs and ends the process at once: CherryPy's bus would
-otherwise go on calling later start listeners, as root.
+Two ``start`` listeners: ``arm`` (priority 10, before the Daemonizer, PIDFile
+and the servers) validates the plan and makes every server wait at the gate;
+``start`` (priority 77 by default, after the servers have bound at 75)
+drops, verifies, and opens the gate. Any failure logs and ends the process
+at once: CherryPy's bus would otherwise go on calling later start listeners,
+as root. Importing the package creates ``cherrypy.engine.dropprivs``
+(unsubscribed), so a config file can switch it on (``engine.dropprivs.on``),
+also under ``cherryd``; a bad ``engine.dropprivs.*`` setting left uncaught
+ends the process with EXIT_BAD_CONFIG and one line.
 """
 
 from __future__ import annotations
@@ -12,36 +16,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import List, NoReturn, Optional, Sequence, Union
 
+import cherrypy
 from cherrypy.process.plugins import SimplePlugin
 
-from . import capabilities, operating, preflight, restart_guard, server_hooks
-from .credentials import holds_root
+from . import gate, handoff, kernel, preflight
 from .drop import (
     ALREADY_TARGET,
     DROPPED,
     NOT_ROOT,
     DropRecord,
-    Plan,
     Snapshot,
     carry_out,
     classify,
-    make_plan,
+    holds_root,
     verify,
 )
-from .errors import (
-    EXIT_BAD_CONFIG,
-    EXIT_DROP_FAILED,
-    OPTION_NAMES,
-    ConfigError,
-    PrivilegeDropError,
-    exit_now,
-)
+from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, OPTION_NAMES, ConfigError, PrivilegeDropError, exit_now
 from .gate import Gate
-from .identity import IdSpec, check_groups_form, resolve_gid, resolve_uid
-from .listening_sockets import HANDOFF_ENV, KEEPER
-from .umask import parse_umask
+from .handoff import HANDOFF_ENV, KEEPER
+from .identity import (
+    IdSpec,
+    Plan,
+    check_chown,
+    check_groups_form,
+    make_plan,
+    parse_umask,
+    resolve_gid,
+    resolve_uid,
+)
 
 #: The arm listener runs before the Daemonizer (65), PIDFile and Autoreloader
 #: (70) and the servers (75), so that a bad plan stops the process before
@@ -87,7 +92,7 @@ class DropPrivileges(SimplePlugin):
         self.require_root = require_root
         self.no_new_privs = no_new_privs
         self.priority = priority
-        #: Hand CherryPy's log files to the target before the drop (see operating.py).
+        #: Hand CherryPy's log files to the target before the drop (see preflight.py).
         self.chown_logs = chown_logs
         #: Paths that must belong to the target (e.g. a session directory).
         self.chown = chown
@@ -178,7 +183,7 @@ class DropPrivileges(SimplePlugin):
 
     @chown.setter
     def chown(self, value: Optional[Sequence[str]]) -> None:
-        self._chown = operating.check_chown(value)
+        self._chown = check_chown(value)
 
     @property
     def priority(self) -> int:
@@ -215,8 +220,8 @@ class DropPrivileges(SimplePlugin):
             # arm: one whose start listener runs before it (priority < 10) would
             # otherwise serve, as root, until the arm fails closed.
             self.gate.close()
-            server_hooks.hold_servers_now(self.bus, self.gate)
-            server_hooks.hold_servers_subscribed_later(self.bus, self.gate)
+            gate.hold_servers_now(self.bus, self.gate)
+            gate.hold_servers_subscribed_later(self.bus, self.gate)
 
     def unsubscribe(self) -> None:
         self.bus.unsubscribe('start', self.arm)
@@ -234,7 +239,7 @@ class DropPrivileges(SimplePlugin):
     def _arm(self) -> None:
         # Threads started from here on (servers, workers, plugins) inherit an
         # empty inheritable set; older ones are swept at the drop.
-        capabilities.clear_inheritable()
+        kernel.clear_inheritable()
         try:
             plan = self.plan()
         except (ValueError, TypeError) as e:
@@ -242,7 +247,7 @@ class DropPrivileges(SimplePlugin):
         if self.record is None:
             self._adopt_handed_over_sockets()
             if KEEPER.daemonized:
-                server_hooks.stay_daemonized(self.bus)
+                handoff.stay_daemonized(self.bus)
             if plan.require_root and not holds_root() and KEEPER.proves_root_start():
                 # Re-executed by our own restart: root was checked (and dropped)
                 # before the exec, and a socket only root could bind proves it.
@@ -262,19 +267,19 @@ class DropPrivileges(SimplePlugin):
             self._fail_if_cannot_serve()
             return
         preflight.secure_pidfiles(self.bus)  # before PIDFile (70) writes: safe_paths, mode 0644
-        server_hooks.patch_port_checks()
+        handoff.patch_port_checks()
         self.gate.close()
         self.gate.thread_actions = self._thread_actions(outcome)
-        for adapter in server_hooks.server_adapters(self.bus):
+        for adapter in handoff.server_adapters(self.bus):
             try:
-                server_hooks.arm(adapter, self.gate)
-            except server_hooks.UngateableServer as e:
+                gate.arm(adapter, self.gate)
+            except gate.UngateableServer as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
         self._fail_if_cannot_serve()
 
     def _adopt_handed_over_sockets(self) -> None:
         """Adopt what our own re-exec handed over, and nothing else."""
-        expected = {server_hooks.adapter_key(a): a.bind_addr for a in server_hooks.server_adapters(self.bus)}
+        expected = {handoff.adapter_key(a): a.bind_addr for a in handoff.server_adapters(self.bus)}
         refused = KEEPER.adopt_inherited(expected, holds_root())
         if refused:
             self._fail(f'refusing the listening sockets handed over in {HANDOFF_ENV}: '
@@ -283,7 +288,7 @@ class DropPrivileges(SimplePlugin):
 
     def _fail_if_cannot_serve(self) -> None:
         if not holds_root():  # e.g. re-executed after the drop: fail clearly, not in cheroot
-            problem = restart_guard.cannot_serve(self.bus)
+            problem = handoff.cannot_serve(self.bus)
             if problem:
                 self._fail(problem, EXIT_DROP_FAILED)
 
@@ -297,7 +302,7 @@ class DropPrivileges(SimplePlugin):
         """
         return bool(
             holds_root()
-            or capabilities.held_in_any_thread()
+            or kernel.held_in_any_thread()
             or self.no_new_privs
             or KEEPER.adopted_from_exec
             or HANDOFF_ENV in os.environ
@@ -307,9 +312,9 @@ class DropPrivileges(SimplePlugin):
     def start(self) -> None:
         """After the servers have bound: drop, verify, then let them serve."""
         try:
-            adapters = server_hooks.server_adapters(self.bus)
+            adapters = handoff.server_adapters(self.bus)
             if self._holding:
-                unbound = list(server_hooks.iter_unbound(adapters))
+                unbound = list(gate.iter_unbound(adapters))
                 if unbound:
                     raise PrivilegeDropError(
                         'servers',
@@ -319,13 +324,13 @@ class DropPrivileges(SimplePlugin):
             if self.record is None:
                 self.record = self._first_drop()
                 if self.record.outcome == DROPPED:
-                    for warning in restart_guard.restart_warnings(self.bus, adapters):
+                    for warning in handoff.restart_warnings(self.bus, adapters):
                         self._log(warning, logging.WARNING)
             else:
                 self._again(self.record)
             if self._holding:
-                server_hooks.keep_sockets(adapters)
-                server_hooks.install_execv_handoff(self.bus)
+                handoff.keep_sockets(adapters)
+                handoff.install_execv_handoff(self.bus)
         except Exception as e:  # any failure at all: fail closed
             self._fail(f'{e}', EXIT_DROP_FAILED)
         self.gate.open()
@@ -347,9 +352,9 @@ class DropPrivileges(SimplePlugin):
                 f'{target.describe()} umask={_mask(plan.umask)}'
             )
         if self._holding:
-            operating.before_drop(self, plan, outcome)
+            preflight.before_drop(self, plan, outcome)
         record = carry_out(plan)
-        operating.after_drop(self, plan, outcome)
+        preflight.after_drop(self, plan, outcome)
         record = verify(plan, record)
         for line in record.terminal:
             self._log(line)
@@ -385,11 +390,11 @@ class DropPrivileges(SimplePlugin):
 
     def _thread_actions(self, outcome: str):
         """What each server thread does to itself before creating its workers."""
-        actions = [capabilities.clear_inheritable]  # setresuid never clears CapInh
+        actions = [kernel.clear_inheritable]  # setresuid never clears CapInh
         if outcome in (NOT_ROOT, ALREADY_TARGET):
-            actions.append(capabilities.clear_thread_capabilities)
+            actions.append(kernel.clear_thread_capabilities)
         if self._armed_plan().no_new_privs:
-            actions.append(capabilities.set_no_new_privs)
+            actions.append(kernel.set_no_new_privs)
         return actions
 
     def _log(self, msg: str, level: int = logging.INFO) -> None:
@@ -407,3 +412,36 @@ def _flag(name: str, value: object) -> bool:
 
 def _mask(umask: Optional[int]) -> str:
     return 'unchanged' if umask is None else f'{umask:04o}'
+
+
+def _is_bad_config(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError) or hasattr(exc, 'dropprivs_option')
+
+
+def _exit_on_bad_config(previous):
+    def excepthook(exc_type, exc, tb):
+        if not _is_bad_config(exc):
+            return previous(exc_type, exc, tb)
+        detail = str(exc) if isinstance(exc, ConfigError) else f'{exc_type.__name__}: {exc}'
+        print(f'cherrypy_dropprivs: bad configuration: {detail}; exiting with status '
+              f'{EXIT_BAD_CONFIG} before anything was bound', file=sys.stderr, flush=True)
+        os._exit(EXIT_BAD_CONFIG)
+
+    excepthook._dropprivs = True  # type: ignore[attr-defined]
+    return excepthook
+
+
+def install(engine=None) -> DropPrivileges:
+    engine = cherrypy.engine if engine is None else engine
+    existing = getattr(engine, 'dropprivs', None)
+    if isinstance(existing, DropPrivileges):
+        return existing
+    try:
+        plugin = DropPrivileges(engine)
+    except ValueError:  # no 'nobody' on this system: config must name a user
+        plugin = DropPrivileges(engine, uid=None)
+        plugin._uid = 'nobody'  # still the documented default; resolved (and refused) at start
+    engine.dropprivs = plugin
+    if not getattr(sys.excepthook, '_dropprivs', False):
+        sys.excepthook = _exit_on_bad_config(sys.excepthook)
+    return plugin

@@ -1,20 +1,15 @@
-"""The CherryPy side of the preflight: which files the dropped process needs.
+"""The CherryPy side of the files the dropped process needs, and of the per-thread work.
 
-Collects them from the running configuration (log handlers of cherrypy.log
+Collects paths from the running configuration (log handlers of cherrypy.log
 and of every mounted application, session storage paths, the Autoreloader's
-watch list, PIDFile plugins), hands the ones it
-must keep writing to the target before the drop, and reports, with
-:mod:`.findings`, what the target still could not do. Access is computed
-by :mod:`.access` (stat only, no identity switch). TLS files are checked
-after the drop by :mod:`.restart_guard` (as the dropped user); the check
-command checks them with :func:`.findings.check_tls_file`.
-
-Root never acts on a path a non-root user could have changed
-(:mod:`.safe_paths`): log files CherryPy opened as root must be the files
-their paths safely resolve to, or the start fails closed
-(:func:`check_log_streams`); ``chown`` and ``chown_logs`` act on descriptors
-only; PID files are written by :func:`secure_pidfiles`'s writer, never
-through a symlink or a directory another user can write, mode 0644.
+watch list, PIDFile plugins). As root, CherryPy's log files are opened
+through the safe walk (files) instead of ``open()``, PID files are written
+root's, 0644, in a directory only root can write, and before the drop the
+files the target must keep writing are handed over on their descriptors;
+anything unsafe fails the start closed. What the target still could not do
+is logged as a WARNING (files' findings, also printed by the check command).
+Right after the drop the per-thread settings reach the threads that existed
+before it (drop.apply_to_existing_threads).
 """
 
 from __future__ import annotations
@@ -22,31 +17,23 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, NoReturn, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import cherrypy
+from cherrypy import _cplogging
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
-from . import findings as F
-from . import log_guard, safe_paths
+from . import drop, files, kernel
+from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
-from .findings import Finding
+from .files import Finding, UnsafePath, hand_over_or_raise, open_append
 from .identity import Identity
-from .ownership import hand_over_or_raise
-from .safe_paths import UnsafePath
-
-# CherryPy opens log files when the config is applied: guard that from the
-# import of this package on (a no-op for a process that is not root).
-log_guard.install()
 
 
 @dataclass
 class Report:
     handed_over: List[str] = field(default_factory=list)
     findings: List[Finding] = field(default_factory=list)
-
-
-# -- collecting paths ---------------------------------------------------------
 
 
 def log_managers() -> list:
@@ -117,18 +104,15 @@ def _owners(bus, channel: str, cls) -> list:
     return found
 
 
-# -- before the drop ----------------------------------------------------------
-
-
 def check(bus, target: Identity) -> List[Finding]:
     """What ``target`` could not do with the files this process uses; changes nothing."""
     out: List[Finding] = []
-    out += [f for f in map(lambda p: F.check_log_file(p, target), log_files()) if f]
-    out += [f for f in map(lambda p: F.check_session_path(p, target), session_paths()) if f]
-    watched = F.check_watched_files(watched_files(bus), target)
+    out += [f for f in map(lambda p: files.check_log_file(p, target), log_files()) if f]
+    out += [f for f in map(lambda p: files.check_session_path(p, target), session_paths()) if f]
+    watched = files.check_watched_files(watched_files(bus), target)
     if watched:
         out.append(watched)
-    out += [f for f in (F.check_pidfile(pf.pidfile, target) for pf in pidfile_plugins(bus)) if f]
+    out += [f for f in (files.check_pidfile(pf.pidfile, target) for pf in pidfile_plugins(bus)) if f]
     return out
 
 
@@ -139,20 +123,20 @@ def log_stream_problems(target: Identity) -> List[str]:
     its path resolves to by :mod:`.safe_paths` (device and inode compared). A
     path refused when the config was applied (:mod:`.log_guard`) counts too.
     """
-    bad = dict(log_guard.refused())
+    bad = dict(refused())
     for h in file_handlers():
         path = os.path.abspath(h.baseFilename)
         stream = getattr(h, 'stream', None)
         if path in bad:
             continue
         if stream is None:  # delay=True: nothing opened yet; it will be, as the target
-            reason = safe_paths.problem(path)
+            reason = files.problem(path)
             if reason:
                 bad[path] = reason
             continue
         try:
             opened = os.fstat(stream.fileno())
-            found = safe_paths.identify(path)
+            found = files.identify(path)
         except UnsafePath as e:
             bad[path] = e.reason
             continue
@@ -162,7 +146,7 @@ def log_stream_problems(target: Identity) -> List[str]:
         if (opened.st_dev, opened.st_ino) != found:
             bad[path] = ('the file open as root is not the one the path leads to: it was '
                          'replaced, or reached through a link, after it was opened')
-    return [str(F.log_unsafe(path, reason, target)) for path, reason in bad.items()]
+    return [str(files.log_unsafe(path, reason, target)) for path, reason in bad.items()]
 
 
 def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Report:
@@ -182,14 +166,14 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
             hand_over_or_raise(path, target, directory_ok=directory_ok)
             report.handed_over.append(path)
         except UnsafePath as e:
-            maker = F.chown_unsafe if kind == 'chown' else F.log_unsafe
+            maker = files.chown_unsafe if kind == 'chown' else files.log_unsafe
             unsafe.append(str(maker(path, e.reason, target)))
         except FileNotFoundError:
             if kind == 'chown':
-                report.findings.append(F.make('chown', F.CHOWN_MISSING, path, user=user))
+                report.findings.append(files.make('chown', files.CHOWN_MISSING, path, user=user))
         except OSError as e:
-            template = F.CHOWN_REFUSED if kind == 'chown' else F.LOG_NOT_HANDED_OVER
-            report.findings.append(F.make(kind, template, path, user=user,
+            template = files.CHOWN_REFUSED if kind == 'chown' else files.LOG_NOT_HANDED_OVER
+            report.findings.append(files.make(kind, template, path, user=user,
                                           reason=f'{e.filename or path}: {e.strerror}'))
 
     if chown_logs:
@@ -203,15 +187,15 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
         path = os.path.abspath(pf.pidfile)
         try:
             if os.path.lexists(path):
-                safe_paths.secure_root_file(path, PIDFILE_MODE)
+                files.secure_root_file(path, PIDFILE_MODE)
             else:
-                reason = safe_paths.problem(path)
+                reason = files.problem(path)
                 if reason:
                     raise UnsafePath(path, reason)
         except UnsafePath as e:
-            unsafe.append(str(F.pidfile_unsafe(path, e.reason)))
+            unsafe.append(str(files.pidfile_unsafe(path, e.reason)))
         except OSError as e:
-            unsafe.append(str(F.pidfile_unsafe(path, f'{e.filename or path}: {e.strerror}')))
+            unsafe.append(str(files.pidfile_unsafe(path, f'{e.filename or path}: {e.strerror}')))
     if unsafe:
         raise PrivilegeDropError('unsafe paths', '; '.join(unsafe))
     handed_back = {f.path for f in report.findings}
@@ -219,14 +203,12 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
         if not (finding.kind == 'log' and finding.path in handed_back):
             report.findings.append(finding)
     for pf in pidfile_plugins(bus):
-        if F.check_pidfile(pf.pidfile, target) is not None:
+        if files.check_pidfile(pf.pidfile, target) is not None:
             report_pidfile_at_exit(bus, pf)
     for lm in log_managers():
         make_reopen_safe(bus, lm)
     return report
 
-
-# -- PID files: written safely, whatever the umask ------------------------------
 
 #: A PID file is root's and readable by all: root's tools trust its contents.
 PIDFILE_MODE = 0o644
@@ -287,14 +269,14 @@ def write_pidfile(bus, plugin: PIDFile) -> None:
     data = f'{pid}\n'.encode()
     try:
         if os.geteuid() == 0:
-            safe_paths.write_root_file(path, data, PIDFILE_MODE)
+            files.write_root_file(path, data, PIDFILE_MODE)
         elif _holds(path, data):
             bus.log(f'PID {pid!r} already in {path!r} (re-executed with the same pid).')
             return
         else:
-            safe_paths.write_own_file(path, data, PIDFILE_MODE)
+            files.write_own_file(path, data, PIDFILE_MODE)
     except UnsafePath as e:
-        fail_closed(bus, f'PID file: {F.pidfile_unsafe(path, e.reason)}')
+        fail_closed(bus, f'PID file: {files.pidfile_unsafe(path, e.reason)}')
     except OSError as e:
         fail_closed(bus, f'PID file: {path} could not be written as uid {os.geteuid()} '
                          f'({e.strerror}); a restart after the drop cannot rewrite a PID file '
@@ -320,10 +302,7 @@ def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> NoReturn:
 
 def pidfile_problem(path: str) -> Optional[str]:
     """Why root could not safely write the PID file ``path`` (the check command)."""
-    return safe_paths.problem(path)
-
-
-# -- after the drop: exit and graceful that cannot fail silently or hang ------
+    return files.problem(path)
 
 
 def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
@@ -396,3 +375,84 @@ def make_reopen_safe(bus, manager) -> None:
 
     manager._dropprivs_reopen = reopen_files
     bus.subscribe('graceful', reopen_files, priority=priority)
+
+
+#: logger -> (path, reason): a builtin log file refused while root.
+_REFUSED: Dict[logging.Logger, Tuple[str, str]] = {}
+
+
+def refused() -> Dict[str, str]:
+    """path -> reason, for every log file still configured that was refused."""
+    return {path: reason for path, reason in _REFUSED.values()}
+
+
+def install() -> None:
+    """Wrap CherryPy's LogManager file handling (once; idempotent)."""
+    cls = _cplogging.LogManager
+    if getattr(cls, '_dropprivs_guarded', False):
+        return
+    original_add = cls._add_builtin_file_handler
+    original_set = cls._set_file_handler
+
+    def _set_file_handler(self, log, filename):
+        _REFUSED.pop(log, None)  # a new value: what was refused before no longer counts
+        return original_set(self, log, filename)
+
+    def _add_builtin_file_handler(self, log, fname):
+        if os.geteuid() != 0:
+            return original_add(self, log, fname)
+        path = os.path.abspath(fname)
+        try:
+            fd = open_append(path)
+        except UnsafePath as e:
+            _REFUSED[log] = (path, e.reason)
+            self.error(f'dropprivs: WARNING: log file {path} not opened as root: {e.reason}; '
+                       f'the start will stop before serving', 'ENGINE', severity=logging.WARNING)
+            return None
+        h = logging.FileHandler(fname, delay=True)
+        h.stream = os.fdopen(fd, h.mode, encoding=h.encoding, errors=h.errors)
+        h.setFormatter(_cplogging.logfmt)
+        h._cpbuiltin = 'file'
+        log.addHandler(h)
+        return None
+
+    cls._add_builtin_file_handler = _add_builtin_file_handler
+    cls._set_file_handler = _set_file_handler
+    cls._dropprivs_guarded = True
+
+
+def before_drop(plugin, plan: Plan, outcome: str) -> None:
+    """Hand files over and warn; only a drop from root changes ownership."""
+    if outcome != DROPPED:
+        for lm in log_managers():
+            make_reopen_safe(plugin.bus, lm)
+        return
+    target = target_of(plan)
+    report = prepare(plugin.bus, target, plugin.chown_logs, plugin.chown)
+    user = target.user or str(target.uid)
+    if report.handed_over:
+        plugin._log(f'handed to {user} (owner and group; mode kept): {", ".join(report.handed_over)}')
+    for finding in report.findings:
+        if finding.severity == 'note':
+            plugin._log(f'note: {finding}')
+        else:
+            plugin._log(f'WARNING: {finding}', level=logging.WARNING)
+
+
+def after_drop(plugin, plan: Plan, outcome: str) -> None:
+    """Per-thread settings in threads that existed before the drop; see drop."""
+    clear_caps = outcome in (NOT_ROOT, ALREADY_TARGET)
+    actions = []
+    if clear_caps:
+        actions.append(kernel.clear_thread_capabilities)
+    if plan.no_new_privs:
+        actions.append(kernel.set_no_new_privs)
+    n = drop.apply_to_existing_threads(actions, clear_caps, plan.no_new_privs)
+    if n:
+        what = ' and '.join(w for w, on in (('capabilities cleared', clear_caps),
+                                            ('no_new_privs set', plan.no_new_privs)) if on)
+        plugin._log(f'{what} in {n} thread(s) started before the drop')
+
+
+# CherryPy opens its log files when the config is applied: guard them from import on.
+install()

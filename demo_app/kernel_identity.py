@@ -12,9 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from cherrypy_dropprivs.capabilities import get_dumpable
 from cherrypy_dropprivs.identity import group_name, user_name
-from cherrypy_dropprivs.kernel_view import ThreadCreds, current_thread_creds, thread_creds
+from cherrypy_dropprivs.kernel import ThreadCreds, current_thread_creds, get_dumpable, thread_creds
 
 from .capability_names import cap_names
 

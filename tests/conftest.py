@@ -31,7 +31,7 @@ needs_root = pytest.mark.skipif(
 )
 
 sys.path.insert(0, str(REPO))
-from cherrypy_dropprivs.kernel_view import ThreadCreds, thread_creds  # noqa: E402
+from cherrypy_dropprivs.kernel import ThreadCreds, thread_creds  # noqa: E402
 
 
 def _port_free(port: int, host: str = '127.0.0.1') -> bool:

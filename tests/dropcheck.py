@@ -8,7 +8,7 @@ import pwd
 import re
 from typing import Iterable, List, Optional
 
-from cherrypy_dropprivs.kernel_view import ThreadCreds, thread_creds
+from cherrypy_dropprivs.kernel import ThreadCreds, thread_creds
 
 
 def every_thread(pid: int, uid: int, gid: int, groups: Iterable[int],

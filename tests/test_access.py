@@ -16,8 +16,7 @@ from typing import Tuple
 import pytest
 from conftest import needs_root
 
-from cherrypy_dropprivs.access import STAT, R, W, X, can_access, why_not, why_not_removable
-from cherrypy_dropprivs.ownership import hand_over
+from cherrypy_dropprivs.files import STAT, R, W, X, can_access, hand_over, why_not, why_not_removable
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import pytest
 import requests
 from conftest import NOBODY, REPO, free_privileged_port, needs_root, nobody_can_run, stop_process, wait_for
 
-from cherrypy_dropprivs import safe_paths
-from cherrypy_dropprivs.operating import check_chown
-from cherrypy_dropprivs.safe_paths import UnsafePath
+from cherrypy_dropprivs import files
+from cherrypy_dropprivs.files import UnsafePath
+from cherrypy_dropprivs.identity import check_chown
 
 AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--']
 CHERRYD = os.path.join(os.path.dirname(sys.executable), 'cherryd')
@@ -240,34 +240,34 @@ def test_walker_refuses_a_user_directory_and_follows_only_roots_links(base):
     (base / 'real').mkdir(mode=0o755)
     (base / 'real' / 'f').write_text('x')
     os.symlink(base / 'real', base / 'roots-link')  # root's link, as /var/run -> /run
-    assert safe_paths.problem(str(base / 'roots-link' / 'f'), must_exist=True) is None
-    with safe_paths.open_existing(str(base / 'roots-link' / 'f')) as opened:
+    assert files.problem(str(base / 'roots-link' / 'f'), must_exist=True) is None
+    with files.open_existing(str(base / 'roots-link' / 'f')) as opened:
         assert opened.real == str(base / 'real' / 'f')
     os.symlink(base / 'real', u / 'link')
     os.lchown(u / 'link', NOBODY, NOBODY)
     with pytest.raises(UnsafePath, match='owned by uid 65534'):
-        safe_paths.open_existing(str(u / 'link' / 'f'))
+        files.open_existing(str(u / 'link' / 'f'))
     theirs = base / 'theirs'
     theirs.symlink_to(base / 'real')
     os.lchown(theirs, NOBODY, NOBODY)
     with pytest.raises(UnsafePath, match='symlink not owned by root'):
-        safe_paths.open_existing(str(theirs / 'f'))
+        files.open_existing(str(theirs / 'f'))
     shared = base / 'shared'
     shared.mkdir()
     os.chmod(shared, 0o775)  # group-writable
     with pytest.raises(UnsafePath, match='writable by group 0'):
-        safe_paths.resolve_parent(str(shared / 'x'))
+        files.resolve_parent(str(shared / 'x'))
     sticky = base / 'sticky'
     sticky.mkdir()
     os.chmod(sticky, 0o1777)  # like /tmp: a root entry is fine on the way, a user's is not
     (sticky / 'rootdir').mkdir(mode=0o755)
-    safe_paths.resolve_parent(str(sticky / 'rootdir' / 'x')).close()
+    files.resolve_parent(str(sticky / 'rootdir' / 'x')).close()
     (sticky / 'userdir').mkdir(mode=0o755)
     os.chown(sticky / 'userdir', NOBODY, NOBODY)
     with pytest.raises(UnsafePath, match='sticky directory'):
-        safe_paths.resolve_parent(str(sticky / 'userdir' / 'x'))
+        files.resolve_parent(str(sticky / 'userdir' / 'x'))
     with pytest.raises(UnsafePath, match='sticky'):  # the entry itself in a sticky directory
-        safe_paths.resolve_parent(str(sticky / 'x'))
+        files.resolve_parent(str(sticky / 'x'))
 
 
 # -- item 12: cherryd -d writes a PID file any user could rewrite ----------------

@@ -21,7 +21,7 @@ import pytest
 from conftest import NOBODY, free_port, free_privileged_port, needs_root, nobody_can_run, wait_for
 from dropcheck import only_line
 
-from cherrypy_dropprivs.terminal import tty_nr
+from cherrypy_dropprivs.kernel import tty_nr
 
 ATTACK_SITE = Path(__file__).resolve().parent / 'sites' / 'attack_site.py'
 

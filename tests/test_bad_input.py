@@ -146,7 +146,7 @@ def test_good_forms_resolve():
 def test_current_umask_reads_without_changing():
     import os
 
-    from cherrypy_dropprivs.umask import current_umask
+    from cherrypy_dropprivs.kernel import current_umask
     old = os.umask(0o027)
     try:
         assert current_umask() == 0o027

@@ -35,7 +35,7 @@ from conftest import (
 from crowd import Crowd, IdleClients
 from test_restarts import assert_dropped_everywhere, listen_inode, stop_daemons
 
-from cherrypy_dropprivs.kernel_view import thread_creds
+from cherrypy_dropprivs.kernel import thread_creds
 
 pytestmark = needs_root
 

@@ -16,8 +16,7 @@ import sys
 from conftest import REPO
 
 #: The modules that talk to the kernel: no CherryPy in any of them.
-CORE = ['errors', 'identity', 'umask', 'kernel_view', 'capabilities', 'credentials', 'environment',
-        'terminal', 'limits', 'children', 'thread_sweep', 'verify', 'drop', 'safe_paths']
+CORE = ['errors', 'kernel', 'files', 'identity', 'drop']
 
 PROBE = '''
 import importlib, sys, types

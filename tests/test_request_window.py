@@ -243,8 +243,7 @@ def test_only_the_serve_entry_is_gated():
     and nothing per request is wrapped; a connection made before it opens is held."""
     from cherrypy import _cpserver
 
-    from cherrypy_dropprivs import server_hooks
-    from cherrypy_dropprivs.gate import Gate
+    from cherrypy_dropprivs.gate import Gate, arm
 
     def app(environ, start_response):
         start_response('200 OK', [('Content-Length', '2')])
@@ -255,7 +254,7 @@ def test_only_the_serve_entry_is_gated():
     server.socket_host, server.socket_port, server.thread_pool = '127.0.0.1', free_port(), 2
     from cheroot.wsgi import Server as WSGIServer
     server.instance = WSGIServer(('127.0.0.1', server.socket_port), app, numthreads=2)
-    server_hooks.arm(server, gate)
+    arm(server, gate)
     httpserver, _ = server.httpserver_from_self()
     # The only methods shadowed per instance are the one-shot ones; everything a
     # request goes through (accept, connections, workers) is the class's own.

@@ -1,30 +1,9 @@
-"""Acting on a path as root without trusting anything a non-root user could change.
+"""The files root touches before the drop: resolved safely, handed over, checked.
 
-Before the drop, root opens log files, writes the PID file and hands paths to
-the target user. Each of these goes through a path that, after a compromise
-of the site, the target user may have prepared: a symlink planted where a log
-file was, a directory swapped for a link while root walks it. So every path
-root acts on is resolved here, from ``/``, one component at a time, on
-descriptors:
-
-- each directory is opened with ``openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)``
-  relative to the one before, and checked on its descriptor (``fstat``);
-- a directory on the way must be one only root can change: owned by root and
-  not writable by its group or by others. A sticky directory writable by
-  others (``/tmp``) is accepted on the way if the entry taken from it is owned
-  by root: the sticky bit stops other users from renaming or removing it;
-- the directory that holds the final entry must be one only root can write,
-  sticky or not: anything else could put, or have put, the entry there;
-- a symlink is followed only if root owns it (``/var/run -> /run``); its
-  target is walked by the same rules. A symlink owned by anyone else, on the
-  way or last, is refused;
-- the final entry is opened with ``O_NOFOLLOW`` relative to its directory's
-  descriptor and checked on that descriptor (type, link count); ``fchown``,
-  ``fchmod`` and writes use the descriptor. A name is never checked and then
-  used again.
-
-A refusal raises :class:`UnsafePath` naming the directory or link and why;
-other failures are ordinary ``OSError``. No cherrypy imports here.
+Acting as root on a path without trusting anything a non-root user could
+change (the safe walk), handing a path to the target user on its
+descriptor, and stat-based access for another identity (what the target
+will be able to do after the drop; ACLs are not considered). No CherryPy.
 """
 
 from __future__ import annotations
@@ -32,14 +11,20 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Protocol, Tuple
 
 #: As the kernel: more symlinks than this in one resolution is ELOOP.
 MAX_SYMLINKS = 40
 
+
 _WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 _PEEK = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
 
 #: Directories handed to the target (``chown``) never at these exact paths:
 #: the system's own top directories and the shared ones under them.
@@ -51,6 +36,8 @@ SYSTEM_DIRS = frozenset({
     '/var/backups', '/var/cache', '/var/lib', '/var/local', '/var/lock', '/var/log',
     '/var/mail', '/var/opt', '/var/run', '/var/spool', '/var/tmp', '/var/www',
 })
+
+
 #: ... nor anything under these: what root runs, reads at boot, or the kernel's.
 SYSTEM_TREES = ('/bin', '/boot', '/dev', '/etc', '/lib', '/lib32', '/lib64', '/libx32',
                 '/proc', '/root', '/sbin', '/sys', '/usr')
@@ -395,3 +382,354 @@ def problem(path: str, *, must_exist: bool = False, kinds: Tuple[str, ...] = ('f
     except OSError as e:
         return f'{e.filename or path}: {e.strerror}'
     return None
+
+
+R, W, X = os.R_OK, os.W_OK, os.X_OK
+
+
+#: Only the parents must be searchable: what ``stat(path)`` needs.
+STAT = os.F_OK
+
+
+class Who(Protocol):
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def gid(self) -> int: ...
+
+    @property
+    def groups(self) -> Iterable[int]: ...
+
+
+def _names(mode: int) -> str:
+    return ''.join(c for bit, c in ((R, 'r'), (W, 'w'), (X, 'x')) if mode & bit) or 'stat'
+
+
+def _allowed(st: os.stat_result, who: Who, mode: int) -> bool:
+    """One inode's permission bits against ``mode`` (R|W|X) for ``who``."""
+    if mode == 0:
+        return True
+    if who.uid == 0:
+        # root: everything but execute, which needs some x bit on non-directories
+        return not (mode & X) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    perm = st.st_mode
+    if st.st_uid == who.uid:
+        bits = (perm >> 6) & 7
+    elif st.st_gid == who.gid or st.st_gid in set(who.groups):
+        bits = (perm >> 3) & 7
+    else:
+        bits = perm & 7
+    return bits & mode == mode
+
+
+def _parents(path: str) -> Tuple[str, ...]:
+    """Every directory that must be searched to reach ``path`` (absolute)."""
+    path = os.path.abspath(path)
+    out = []
+    head = os.path.dirname(path)
+    while True:
+        out.append(head)
+        up = os.path.dirname(head)
+        if up == head:
+            break
+        head = up
+    return tuple(reversed(out))
+
+
+def _walk(path: str, who: Who) -> Optional[str]:
+    """Why the parents of ``path`` cannot be searched (symlinks resolved), or None."""
+    real = os.path.realpath(path)
+    for d in _parents(real):
+        try:
+            st = os.stat(d)
+        except OSError as e:
+            return f'{d}: {e.strerror}'
+        if not _allowed(st, who, X):
+            return (
+                f'directory {d} (owner {st.st_uid}, group {st.st_gid}, mode '
+                f'{stat.S_IMODE(st.st_mode):04o}) is not searchable (x) by uid {who.uid}'
+            )
+    return None
+
+
+def why_not_reachable(path: str, who: Who) -> Optional[str]:
+    """Why ``who`` could not reach (``stat``) ``path``: an unsearchable parent; or None.
+
+    Says nothing about whether ``path`` exists.
+    """
+    return _walk(path, who)
+
+
+def why_not(path: str, who: Who, mode: int = R) -> Optional[str]:
+    """Why ``who`` could not access the existing ``path`` with ``mode``; None if it could.
+
+    ``mode`` is a combination of :data:`R`, :data:`W`, :data:`X`, or
+    :data:`STAT` (only reaching the path: ``stat``, what the Autoreloader does).
+    """
+    reason = _walk(path, who)
+    if reason:
+        return reason
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f'{path}: {e.strerror}'
+    if not _allowed(st, who, mode):
+        return (
+            f'{path} (owner {st.st_uid}, group {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}) '
+            f'is not {_names(mode)} for uid {who.uid} gid {who.gid}'
+        )
+    return None
+
+
+def can_access(path: str, who: Who, mode: int = R) -> bool:
+    """True if ``who`` could access ``path`` with ``mode`` (see :func:`why_not`)."""
+    return why_not(path, who, mode) is None
+
+
+def why_not_creatable(path: str, who: Who) -> Optional[str]:
+    """Why ``who`` could not create ``path`` (w+x on its directory); None if it could."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f'directory {parent} does not exist'
+    return why_not(parent, who, W | X)
+
+
+def why_not_writable_file(path: str, who: Who) -> Optional[str]:
+    """Why ``who`` could not (re)open ``path`` for writing, creating it if missing."""
+    if os.path.lexists(path):
+        return why_not(path, who, W)
+    return why_not_creatable(path, who)
+
+
+def why_not_removable(path: str, who: Who) -> Optional[str]:
+    """Why ``who`` could not unlink ``path``: w+x on the directory, sticky-bit rule."""
+    parent = os.path.dirname(os.path.abspath(path))
+    reason = why_not(parent, who, W | X)
+    if reason:
+        return reason
+    if who.uid == 0:
+        return None
+    try:
+        dst = os.stat(parent)
+        fst = os.lstat(path)
+    except OSError as e:
+        return f'{e.filename}: {e.strerror}'
+    if dst.st_mode & stat.S_ISVTX and who.uid not in (dst.st_uid, fst.st_uid):
+        return (
+            f'directory {parent} is sticky (mode {stat.S_IMODE(dst.st_mode):04o}) and neither '
+            f'it nor {path} belongs to uid {who.uid}'
+        )
+    return None
+
+
+def hand_over_or_raise(path: str, who: Who, *, directory_ok: bool = False,
+                       dry_run: bool = False) -> str:
+    """chown ``path`` to ``who``'s uid and primary gid; the path as walked.
+
+    Raises :class:`~.UnsafePath` when the safety rules refuse it,
+    ``OSError`` otherwise (``FileNotFoundError`` for a missing path). Permission
+    bits stay as they were (set-id bits cleared, as the kernel's chown would).
+    ``dry_run`` only says whether it would be done (the check command).
+    """
+    return chown(path, who.uid, who.gid, directory_ok=directory_ok, dry_run=dry_run)
+
+
+def hand_over(
+    path: str, who: Who, *, directory_ok: bool = False, dry_run: bool = False
+) -> Optional[str]:
+    """Like :func:`hand_over_or_raise`; None when done, else why it was not done."""
+    try:
+        hand_over_or_raise(path, who, directory_ok=directory_ok, dry_run=dry_run)
+    except UnsafePath as e:
+        return str(e)
+    except OSError as e:
+        return f'{e.filename or path}: {e.strerror}'
+    return None
+
+
+LOG_NOT_WRITABLE = (
+    'log file {path} cannot be reopened by {user} after the drop ({reason}): a graceful restart '
+    '(SIGUSR1, engine.graceful()) would fail to reopen it. Fix: keep chown_logs=True (the '
+    'default), or chown {user} {path}'
+)
+
+
+LOG_NOT_HANDED_OVER = (
+    'log file {path} was not handed to {user}: {reason}. Fix: log to a regular file that only '
+    'root can link to, e.g. in a root-owned directory'
+)
+
+
+SESSION_NOT_WRITABLE = (
+    'session storage path {path} (tools.sessions.storage_path) is not writable by {user} '
+    '({reason}): sessions will fail after the drop. Fix: chown=[{path!r}], or '
+    'install -d -o {user} -m 0700 {path}'
+)
+
+
+AUTORELOAD_NOT_STATABLE = (
+    'the Autoreloader watches {count} file(s) {user} cannot stat, e.g. {path} ({reason}): after '
+    'the drop it treats a file it saw before and cannot stat now as changed and restarts, in a '
+    'loop, and a re-executed process cannot read that code. Fix: engine.autoreload.on: False '
+    '(production), or make those directories searchable by {user}'
+)
+
+
+TLS_NOT_READABLE = (
+    'TLS {which} {path} is not readable by {user} ({reason}): it is read again by every restart '
+    'after the drop (engine.restart(), SIGHUP, the Autoreloader), which would then fail. Fix: '
+    'chgrp {group} {path} && chmod g+r {path}, or disable restarts'
+)
+
+
+PIDFILE_NOT_REMOVABLE = (
+    'PID file {path} cannot be removed by {user} at exit ({reason}): root writes it, before the '
+    'drop, in a directory only root can write, so it stays behind after a stop (the next start '
+    'rewrites it). Remove it after the stop (systemd: ExecStopPost=-/bin/rm -f {path}), or under '
+    'systemd use no PID file (Type=simple). Do not make its directory writable by {user}: root '
+    'writes there at the next start'
+)
+
+
+PIDFILE_UNSAFE = (
+    'PID file {path} is not safe for root to write: {reason}. Root writes the PID file before '
+    'the drop, and a user who can change its directory can point that write at any file. Fix: '
+    'put it in a directory only root can write (owned by root, not group- or world-writable), '
+    'e.g. /run/{base}, or /run/{name}/{base} with systemd RuntimeDirectory={name} and no User=; '
+    'under systemd, Type=simple needs no PID file'
+)
+
+
+LOG_UNSAFE = (
+    'log file {path} is not safe for root to open: {reason}. CherryPy opens log files as root '
+    'when the config is applied, and the dropped process keeps writing to what root opened. '
+    'Fix: keep log files in a directory only root can write (owned by root, not group- or '
+    'world-writable), e.g. /var/log/{name}/ created by systemd LogsDirectory={name} with no '
+    'User= (chown_logs=True hands the files themselves to {user})'
+)
+
+
+CHOWN_MISSING = (
+    'chown path {path} does not exist, so it was not handed to {user}. Fix: create it, or '
+    'remove it from chown'
+)
+
+
+CHOWN_REFUSED = 'chown path {path} was not handed to {user}: {reason}'
+
+
+CHOWN_UNSAFE = (
+    'chown path {path} is not safe for root to hand to {user}: {reason}. Fix: a path whose '
+    'directories only root can write (owned by root, not group- or world-writable), e.g. '
+    'install -d -o root -m 0755 /var/lib/{name} and chown=[\'/var/lib/{name}/sessions\']'
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the dropped process will not be able to do."""
+
+    kind: str  # 'log', 'session', 'autoreload', 'tls', 'pidfile', 'chown'
+    path: str
+    message: str
+    #: 'warning': the dropped process will fail at something; 'note': expected
+    #: and safe, said once (a PID file root wrote stays behind after a stop).
+    severity: str = 'warning'
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def make(kind: str, template: str, path: str, *, severity: str = 'warning', **fields) -> Finding:
+    return Finding(kind, path, template.format(path=path, **fields), severity)
+
+
+def run_dir_name(path: str) -> str:
+    """``/var/run/web.pid`` -> ``web``: a name for a suggested /run/<name>/."""
+    base = os.path.basename(path)
+    return base.rsplit('.', 1)[0] if '.' in base else base or 'app'
+
+
+def _user(who) -> str:
+    return getattr(who, 'user', None) or str(who.uid)
+
+
+def _group(who) -> str:
+    return getattr(who, 'group', None) or str(who.gid)
+
+
+def check_log_file(path: str, who) -> Optional[Finding]:
+    reason = why_not_writable_file(path, who)
+    if reason is None:
+        return None
+    return make('log', LOG_NOT_WRITABLE, path, user=_user(who), reason=reason)
+
+
+def check_session_path(path: str, who) -> Optional[Finding]:
+    reason: Optional[str]
+    if not os.path.isdir(path):
+        reason = f'{path} is not a directory' if os.path.exists(path) else 'it does not exist'
+    else:
+        reason = why_not(path, who, R | W | X)
+    if reason is None:
+        return None
+    return make('session', SESSION_NOT_WRITABLE, path, user=_user(who), reason=reason)
+
+
+def check_watched_files(paths: Iterable[str], who) -> Optional[Finding]:
+    """One finding for all watched files the identity cannot stat (or None)."""
+    blocked = []
+    for p in sorted(set(paths)):
+        reason = why_not_reachable(p, who)  # a missing file is not watched: no matter
+        if reason is not None:
+            blocked.append((p, reason))
+    if not blocked:
+        return None
+    path, reason = blocked[0]
+    return make('autoreload', AUTORELOAD_NOT_STATABLE, path, user=_user(who),
+                reason=reason, count=len(blocked))
+
+
+def check_tls_file(which: str, path: str, who) -> Optional[Finding]:
+    reason = why_not(path, who, R)
+    if reason is None:
+        return None
+    return make('tls', TLS_NOT_READABLE, path, which=which, user=_user(who),
+                group=_group(who), reason=reason)
+
+
+def check_pidfile(path: str, who) -> Optional[Finding]:
+    """A note when ``who`` cannot remove the PID file at exit: always the case for a
+    PID file root writes, since its directory must be one only root can write."""
+    reason = why_not_creatable(path, who)
+    if reason is None:
+        return None
+    return make('pidfile', PIDFILE_NOT_REMOVABLE, path, severity='note', user=_user(who),
+                reason=reason)
+
+
+def pidfile_unsafe(path: str, reason: str, who=None) -> Finding:
+    return make('pidfile', PIDFILE_UNSAFE, path, reason=reason, name=run_dir_name(path),
+                base=os.path.basename(path))
+
+
+def log_unsafe(path: str, reason: str, who) -> Finding:
+    return make('log', LOG_UNSAFE, path, reason=reason, user=_user(who),
+                name=_app_name(path))
+
+
+def chown_unsafe(path: str, reason: str, who) -> Finding:
+    return make('chown', CHOWN_UNSAFE, path, reason=reason, user=_user(who),
+                name=_app_name(path))
+
+
+def _app_name(path: str) -> str:
+    """``/srv/mysite/logs/error.log`` -> a name for a suggested directory: the first
+    component under /var/log, /var/lib, /srv or /opt, else the file's directory name."""
+    parts = [p for p in os.path.normpath(path).split(os.sep) if p]
+    for depth, top in ((2, ('var', 'log')), (2, ('var', 'lib')), (1, ('srv',)), (1, ('opt',))):
+        if tuple(parts[:depth]) == top and len(parts) > depth + 1:
+            return parts[depth]
+    parent = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    return parent or 'app'

@@ -1,0 +1,622 @@
+"""The restart hand-over: listening sockets kept across exec, adoption, the checks before a re-exec.
+
+After the drop the process can no longer bind a privileged port. A duplicate
+of each listening socket it could not bind again is kept, so a server can
+stop and start again in the same process, and a re-executed process
+(engine.restart(), the Autoreloader, SIGHUP) adopts it instead of binding, as
+systemd's LISTEN_FDS and nginx's binary upgrade do. Across a re-exec the
+socket keeps listening: clients wait in the backlog and none is refused.
+After a plain stop it is *paused* (``shutdown``: not listening, so clients
+are refused as by a closed port, but still bound). The hand-over is checked,
+never trusted: see SocketKeeper.adopt_inherited. The checks here name the
+file, port or directory a re-executed process would trip over, instead of a
+traceback from deep inside CherryPy or cheroot.
+"""
+
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
+import ipaddress
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import portend
+from cherrypy.process import servers as cp_servers
+from cherrypy.process import wspbus
+from cherrypy.process.plugins import Daemonizer
+
+from .errors import EXIT_DROP_FAILED, exit_now
+from .identity import format_ids, group_name
+
+#: Environment variable that carries the kept sockets across execv.
+HANDOFF_ENV = 'CHERRYPY_DROPPRIVS_SOCKETS'
+
+
+Addr = Union[tuple, str, bytes, None]
+
+
+#: The listen backlog a held server gets at the least (capped by SOMAXCONN):
+#: while the gate is shut every arriving client waits there, and CherryPy's
+#: default of 5 would make the kernel drop new connections within moments.
+HOLD_BACKLOG = 1024
+
+
+def addr_key(bind_addr: Addr) -> str:
+    """A stable key for a configured bind address (the same after execv)."""
+    if isinstance(bind_addr, bytes):
+        bind_addr = bind_addr.decode('utf-8', 'surrogateescape')
+    if isinstance(bind_addr, (tuple, list)):
+        return json.dumps([str(bind_addr[0]), int(bind_addr[1])])
+    return json.dumps(bind_addr)
+
+
+class SocketKeeper:
+    """Holds one duplicate of each server's listening socket, by address key."""
+
+    def __init__(self) -> None:
+        self._kept: Dict[str, socket.socket] = {}
+        #: Keys taken from a LISTEN_PID (socket activation) server: fd 3.
+        self.activation_key: Optional[str] = None
+        self.adopted_from_exec = False
+        #: The process that re-executed us had daemonized (see prepare_exec).
+        self.daemonized = False
+        #: True once prepare_exec has put the activation socket back on fd 3.
+        self._fd3_handed = False
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._kept
+
+    def keep(self, key: str, sock: socket.socket, from_activation: bool = False) -> None:
+        if key not in self._kept:
+            self._kept[key] = socket.socket(fileno=os.dup(sock.fileno()))
+        if from_activation:
+            self.activation_key = key
+
+    def take(self, key: str) -> Optional[socket.socket]:
+        """A fresh duplicate of the kept socket for ``key`` (the server closes it on stop)."""
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        return socket.socket(fileno=os.dup(kept.fileno()))
+
+    def ports(self) -> Set[int]:
+        out = set()
+        for s in self._kept.values():
+            if s.family in (socket.AF_INET, socket.AF_INET6):
+                out.add(s.getsockname()[1])
+        return out
+
+    def pause(self, key: str) -> None:
+        """Stop listening on the kept socket for ``key`` but keep it bound.
+
+        On Linux ``shutdown`` of a listening socket resets the connections
+        waiting in its backlog and leaves it bound and unconnected: new
+        clients are refused, as after CherryPy closes a port, and a later
+        ``listen`` (cheroot's, on the next start) needs no privilege.
+        """
+        kept = self._kept.get(key)
+        if kept is not None and is_listening(kept):
+            try:
+                kept.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def fds(self) -> Dict[str, int]:
+        return {k: s.fileno() for k, s in self._kept.items()}
+
+    # -- across execv -------------------------------------------------------
+
+    def prepare_exec(self, daemonized: bool = False) -> None:
+        """Make the kept sockets inheritable and describe them in the environment.
+
+        ``daemonized``: the process has already daemonized, so the new image
+        must not fork again (a new pid would orphan the PID file root wrote).
+        """
+        env = os.environ
+        self.mark_inheritable()
+        env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
+                                       'daemonized': daemonized})
+        if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
+            # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
+            # stays valid: execv keeps the pid).
+            os.dup2(self._kept[self.activation_key].fileno(), 3, inheritable=True)
+            self._fd3_handed = True
+
+    def mark_inheritable(self) -> None:
+        """Undo the close-on-exec that CherryPy's _set_cloexec() puts on every fd."""
+        for s in self._kept.values():
+            os.set_inheritable(s.fileno(), True)
+        if self._fd3_handed:
+            os.set_inheritable(3, True)
+
+    def adopt_inherited(self, expected: Dict[str, Addr], holds_root: bool) -> List[str]:
+        """Adopt the sockets our own execv handed over; returns what was refused.
+
+        The hand-over is only a hint in the environment, which whoever starts
+        the process controls. So a root start adopts nothing (it binds its own
+        sockets), and a re-executed process adopts only a listening stream
+        socket whose address matches the configured server of the same key
+        (``expected``: key -> configured bind address). Anything else is
+        returned as a reason, for the caller to fail closed with.
+        """
+        raw = os.environ.pop(HANDOFF_ENV, None)
+        if not raw:
+            return []
+        if holds_root:
+            return []  # binds afresh; the described fds are not touched
+        try:
+            data = json.loads(raw)
+            pid, sockets = data['pid'], dict(data['sockets'])
+        except (ValueError, KeyError, TypeError) as e:
+            return [f'{HANDOFF_ENV} is malformed ({e!r})']
+        if pid != os.getpid():
+            return []  # inherited by some other program's child: not ours
+        self.daemonized = data.get('daemonized') is True
+        refused = []
+        for key, fd in sockets.items():
+            why = _unadoptable(key, fd, expected)
+            if why:
+                refused.append(f'fd {fd} ({key}): {why}')
+                continue
+            sock = socket.socket(fileno=fd)
+            sock.set_inheritable(False)
+            self._kept[key] = sock
+        self.adopted_from_exec = bool(self._kept)
+        return refused
+
+    def proves_root_start(self) -> bool:
+        """Whether an adopted socket is one only root could have bound: a TCP
+        port below ip_unprivileged_port_start. The environment can be forged;
+        a bound privileged port cannot (short of a process holding
+        CAP_NET_BIND_SERVICE, or the dropped site itself handing its own
+        sockets on)."""
+        limit = unprivileged_port_start()
+        return any(s.family in (socket.AF_INET, socket.AF_INET6) and 0 < s.getsockname()[1] < limit
+                   for s in self._kept.values())
+
+
+def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:
+    """Why the handed-over ``fd`` must not be adopted for ``key``, or None."""
+    if key not in expected:
+        return 'no configured server has this address'
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 3:
+        return 'not a descriptor number above 2'
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        return f'not an open socket ({e.strerror})'
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            return f'a {sock.type.name} socket, not a stream socket'
+        return listening_problem(sock, expected[key])
+    finally:
+        sock.close()
+
+
+def hold_backlog() -> int:
+    """``min(net.core.somaxconn, HOLD_BACKLOG)``: the kernel caps listen() there anyway."""
+    try:
+        with open('/proc/sys/net/core/somaxconn') as f:
+            somaxconn = int(f.read())
+    except (OSError, ValueError):
+        somaxconn = socket.SOMAXCONN
+    return max(1, min(somaxconn, HOLD_BACKLOG))
+
+
+def listening_problem(sock: Optional[socket.socket], bind_addr: Addr) -> Optional[str]:
+    """Why ``sock`` is not listening on ``bind_addr``; None when it is.
+
+    Asks the socket itself and never connects to it: a connection would need
+    a free slot in the backlog that held clients may have filled.
+    """
+    if sock is None:
+        return 'it has no socket'
+    if not is_listening(sock):
+        return 'its socket is not listening'
+    try:
+        name = sock.getsockname()
+    except OSError as e:
+        return f'its socket has no address ({e})'
+    if isinstance(bind_addr, (tuple, list)):
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return f'its socket is {sock.family.name}, not an IP socket'
+        port = int(bind_addr[1])
+        if port and name[1] != port:
+            return f'its socket is bound to port {name[1]}, not {port}'
+        if not _same_host(str(bind_addr[0]), str(name[0])):
+            return f'its socket is bound to {name[0]}, not {bind_addr[0]}'
+    elif bind_addr is not None:
+        if sock.family != socket.AF_UNIX:
+            return f'its socket is {sock.family.name}, not a UNIX socket'
+        if os.fsencode(name) != os.fsencode(bind_addr):
+            return f'its socket is bound to {name!r}, not {bind_addr!r}'
+    return None
+
+
+def _ip(host: str):
+    try:
+        ip = ipaddress.ip_address(host.strip('[]').split('%')[0])
+    except ValueError:
+        return None  # a name: cheroot resolved it; nothing to compare without asking DNS
+    mapped = getattr(ip, 'ipv4_mapped', None)
+    return mapped if mapped is not None else ip
+
+
+def _same_host(configured: str, bound: str) -> bool:
+    want, got = _ip(configured) if configured else ipaddress.ip_address('0.0.0.0'), _ip(bound)
+    if want is None or got is None:
+        return True
+    if want.is_unspecified:
+        return got.is_unspecified
+    return want == got
+
+
+def is_listening(sock: socket.socket) -> bool:
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    except OSError:
+        return False
+
+
+#: One per process: sockets belong to the process, not to a bus or plugin.
+KEEPER = SocketKeeper()
+
+
+#: CAP_NET_BIND_SERVICE, capability number 10.
+CAP_NET_BIND_SERVICE = 10
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the checks need to know about one server."""
+
+    description: str
+    bind_addr: Union[tuple, str, bytes, None]
+    #: A kept (inherited or earlier) listening socket will be adopted.
+    has_socket: bool
+    #: (role, path) of each TLS file the server reads when it starts.
+    tls_files: Tuple[Tuple[str, str], ...] = ()
+
+
+def whoami() -> str:
+    return format_ids(os.geteuid(), os.getegid(), os.getgroups())
+
+
+def tls_files(adapter) -> Tuple[Tuple[str, str], ...]:
+    """The certificate, key and chain an adapter's server reads at start.
+
+    ``cherrypy.server``-style servers carry ``ssl_*`` options and read them in
+    Server.start; a ServerAdapter around a ready-made cheroot server carries
+    them on its ssl_adapter.
+    """
+    found = []
+    if getattr(adapter, 'ssl_certificate', None) or getattr(adapter, 'ssl_private_key', None):
+        for role, attr in (('certificate', 'ssl_certificate'), ('private key', 'ssl_private_key'),
+                           ('certificate chain', 'ssl_certificate_chain')):
+            path = getattr(adapter, attr, None)
+            if path:
+                found.append((role, str(path)))
+        return tuple(found)
+    ssl_adapter = getattr(getattr(adapter, 'httpserver', None), 'ssl_adapter', None)
+    if ssl_adapter is not None:
+        for role, attr in (('certificate', 'certificate'), ('private key', 'private_key'),
+                           ('certificate chain', 'certificate_chain')):
+            path = getattr(ssl_adapter, attr, None)
+            if path:
+                found.append((role, str(path)))
+    return tuple(found)
+
+
+def tls_read_fix(path: str) -> str:
+    gid = os.getegid()
+    group = group_name(gid) or str(gid)
+    return (
+        f"give the user's group read access, e.g. `chgrp {group} {path} && chmod g+r {path}` "
+        f'(every directory above it must be searchable too), or point the server at a copy '
+        f'the user can read'
+    )
+
+
+def unreadable_tls(servers: Sequence[ServerInfo]) -> List[str]:
+    """One message per TLS file this process cannot read (or that is missing)."""
+    out = []
+    for server in servers:
+        for role, path in server.tls_files:
+            if not os.access(path, os.R_OK):
+                why = 'does not exist' if not os.path.exists(path) else 'is not readable'
+                out.append(f'TLS {role} {path} of server {server.description} {why} by '
+                           f'{whoami()}; {tls_read_fix(path)}')
+    return out
+
+
+def reexec_blockers(executable: Optional[str] = None, argv0: Optional[str] = None,
+                    startup_cwd: Optional[str] = None) -> List[str]:
+    """What this process could not reach if it re-executed itself now."""
+    executable = executable or sys.executable
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    out = []
+    if not executable or not os.access(executable, os.X_OK):
+        real = os.path.realpath(executable) if executable else '(none)'
+        out.append(f'the interpreter {executable} (-> {real}) is not executable')
+    if argv0 and not argv0.startswith('-'):  # '-c' has no script to re-read
+        script = os.path.join(startup_cwd or os.getcwd(), argv0)
+        if not os.access(script, os.R_OK):
+            out.append(f'the main script {script} is not readable (or not reachable)')
+    if startup_cwd and not os.access(startup_cwd, os.X_OK):
+        out.append(f'the start directory {startup_cwd} is not searchable')
+    return out
+
+
+def reexec_warning(blockers: Sequence[str], autoreload: bool) -> str:
+    how = 'the autoreloader, which is on: the first edit of a module restarts; ' if autoreload else ''
+    return (
+        f'after the drop a restart ({how}engine.restart(); SIGHUP when daemonized) '
+        f're-executes the process as {whoami()}, and it would fail: {"; ".join(blockers)}. '
+        f'Install the application and Python where that user can read and execute them '
+        f'(not under a mode-700 home such as /root)'
+        + ('; or turn autoreload off (engine.autoreload.on: False)' if autoreload else '')
+    )
+
+
+def reexec_failure(why: str) -> str:
+    return (
+        f'cannot re-execute the process as {whoami()} for the restart: {why}. Install the '
+        f'application and Python where that user can read and execute them (not under a '
+        f'mode-700 home such as /root)'
+    )
+
+
+def unprivileged_port_start() -> int:
+    try:
+        with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def can_bind_privileged() -> bool:
+    """euid 0 or CAP_NET_BIND_SERVICE in the calling thread's effective set."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open('/proc/thread-self/status') as f:
+            for line in f:
+                if line.startswith('CapEff:'):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_BIND_SERVICE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def can_bind_again(bind_addr: Union[tuple, str, bytes, None]) -> bool:
+    """Could this process, as it is now, bind ``bind_addr`` after closing it?
+
+    Called after the drop: a privileged port, or a UNIX socket whose file the
+    process could not replace, must be kept open; anything else is closed on
+    stop as CherryPy closes it, and bound again on start.
+    """
+    if bind_addr is None:
+        return True
+    if isinstance(bind_addr, (tuple, list)):
+        port = int(bind_addr[1])
+        return not 0 < port < unprivileged_port_start() or can_bind_privileged()
+    path = os.fsdecode(bind_addr)
+    if not path or path.startswith('\0'):
+        return True  # the abstract namespace needs no permission
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return False
+    try:  # cheroot unlinks the old file first; in a sticky directory only its owner may
+        st_dir, st_file = os.stat(parent), os.lstat(path)
+    except OSError:
+        return True
+    me = os.geteuid()
+    return not st_dir.st_mode & 0o1000 or me in (st_dir.st_uid, st_file.st_uid)
+
+
+def cannot_listen(servers: Sequence[ServerInfo], socket_activation: bool = False) -> List[str]:
+    """Servers this (non-root) process could neither adopt a socket for nor bind."""
+    out = []
+    limit = unprivileged_port_start()
+    privileged = can_bind_privileged()
+    for server in servers:
+        addr = server.bind_addr
+        if server.has_socket or addr is None:
+            continue
+        if isinstance(addr, (tuple, list)):
+            if socket_activation:
+                continue  # cheroot takes fd 3 from the activating manager
+            port = int(addr[1])
+            if 0 < port < limit and not privileged:
+                out.append(f'server {server.description}: port {port} is privileged (below {limit}), '
+                           f'this process runs as {whoami()} without CAP_NET_BIND_SERVICE, and it '
+                           f'has no listening socket to adopt for it')
+            continue
+        path = os.fsdecode(addr)
+        if path.startswith('\0') or not path:
+            continue  # abstract namespace: nothing on disk to recreate
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            out.append(f'server {server.description}: the UNIX socket {path} cannot be recreated '
+                       f'by {whoami()} ({parent} is not writable), and there is no listening '
+                       f'socket to adopt for it')
+    return out
+
+
+def no_socket_message(problems: Sequence[str], handed_over: bool) -> str:
+    why = (
+        'Sockets were handed over across the re-exec, but not for these servers'
+        if handed_over else
+        'No listening socket was handed over: this is a re-executed process whose sockets '
+        'were not kept, or a process started directly as an unprivileged user'
+    )
+    return (
+        f'No sockets to adopt: {"; ".join(problems)}. {why}. Start the site as root (the '
+        f'plugin binds, drops, and keeps the sockets for restarts), under systemd socket '
+        f'activation, or with CAP_NET_BIND_SERVICE; or listen on a port >= '
+        f'{unprivileged_port_start()}'
+    )
+
+
+def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
+    """Every ServerAdapter subscribed to the bus's ``start`` channel."""
+    found = []
+    for listener in bus.listeners.get('start', ()):
+        owner = getattr(listener, '__self__', None)
+        if isinstance(owner, cp_servers.ServerAdapter) and owner not in found:
+            found.append(owner)
+    return found
+
+
+def adapter_key(adapter, httpserver=None) -> str:
+    """The KEEPER key of a server's configured address (the same after execv)."""
+    httpserver = httpserver if httpserver is not None else adapter.httpserver
+    configured = adapter.bind_addr
+    if configured is None and httpserver is not None:
+        configured = httpserver.bind_addr
+    return addr_key(configured)
+
+
+def describe(adapter) -> str:
+    try:
+        # An unstarted cherrypy Server describes itself as '' (no httpserver yet).
+        return adapter.description or repr(adapter.bind_addr)
+    except Exception:  # an unstarted server may not know its address yet
+        return repr(adapter.bind_addr)
+
+
+def keep_sockets(adapters) -> None:
+    """After the drop: keep each socket this process could not bind again."""
+    from_activation = bool(os.environ.get('LISTEN_PID'))
+    for adapter in adapters:
+        hs = adapter.httpserver
+        if from_activation or not can_bind_again(adapter.bind_addr):
+            KEEPER.keep(hs._dropprivs_key, hs.socket, from_activation)
+
+
+class _PortendWithKeptSockets:
+    """portend as CherryPy's ServerAdapter uses it, except that a port whose
+    listening socket we keep counts as free: it is ours to adopt, and waiting
+    for it to close would wait forever."""
+
+    def __getattr__(self, name):
+        return getattr(portend, name)
+
+    def free(self, host, port, timeout=float('inf')):
+        if port in KEEPER.ports():
+            return None
+        return portend.free(host, port, timeout=timeout)
+
+
+def patch_port_checks() -> None:
+    if not isinstance(cp_servers.portend, _PortendWithKeptSockets):
+        cp_servers.portend = _PortendWithKeptSockets()
+
+
+def install_execv_handoff(bus) -> None:
+    """Carry the kept sockets through the bus's re-exec (restart, autoreload, SIGHUP)."""
+    if bus.__dict__.get('_dropprivs_execv'):
+        return
+    do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
+
+    def fail(why: str):
+        exit_now(bus.log, reexec_failure(why), EXIT_DROP_FAILED)
+
+    def _do_execv():
+        if os.geteuid() != 0:  # after the drop: exec only what the new process can run
+            blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '', startup_cwd())
+            if blockers:
+                fail('; '.join(blockers))
+        KEEPER.prepare_exec(daemonized=any(d.finalized for d in daemonizers(bus)))
+        try:
+            return do_execv()
+        except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
+            fail(f'execv({sys.executable}): {e}')
+
+    def _set_cloexec():
+        set_cloexec()
+        KEEPER.mark_inheritable()
+
+    bus._do_execv = _do_execv
+    bus._set_cloexec = _set_cloexec
+    bus._dropprivs_execv = True
+
+
+def server_infos(adapters) -> List[ServerInfo]:
+    """Plain facts about each server for restart_checks (no cherrypy there)."""
+    out = []
+    for adapter in adapters:
+        addr = adapter.bind_addr
+        has = addr is not None and addr_key(addr) in KEEPER
+        out.append(ServerInfo(describe(adapter), addr, has, tls_files(adapter)))
+    return out
+
+
+def daemonizers(bus) -> List[Daemonizer]:
+    found = []
+    for listener in bus.listeners.get('start', ()):
+        owner = getattr(listener, '__self__', None)
+        if isinstance(owner, Daemonizer) and owner not in found:
+            found.append(owner)
+    return found
+
+
+def stay_daemonized(bus) -> None:
+    """In an image re-executed by a daemon: the Daemonizer (65) must not fork
+    again. The process is still detached (session, streams); a new pid would
+    leave the PID file root wrote pointing at nothing, and only root could
+    rewrite it. CherryPy's Daemonizer forks even when it says "Already
+    daemonized", and the bus already holds its start listener for this
+    publish, so its fork is made a no-op on the instance."""
+    for d in daemonizers(bus):
+        d.finalized = True
+        d.daemonize = _already_daemonized
+    if daemonizers(bus):
+        bus.log(f'dropprivs: already daemonized before the re-exec: not forking again '
+                f'(pid {os.getpid()} kept)')
+
+
+def _already_daemonized(*args, **kwargs) -> None:
+    return None
+
+
+def autoreload_on(bus) -> bool:
+    reloader = getattr(bus, 'autoreload', None)
+    return reloader is not None and any(
+        getattr(listener, '__self__', None) is reloader for listener in bus.listeners.get('start', ()))
+
+
+def startup_cwd() -> str:
+    """The directory the bus chdirs to before it re-executes."""
+    return getattr(wspbus, '_startup_cwd', None) or os.getcwd()
+
+
+def cannot_serve(bus) -> Optional[str]:
+    """A fatal problem for a non-root process about to start its servers, or None."""
+    infos = server_infos(server_adapters(bus))
+    tls = unreadable_tls(infos)
+    if tls:
+        return f'cannot start the servers: {"; ".join(tls)}'
+    problems = cannot_listen(infos, socket_activation=bool(os.environ.get('LISTEN_PID')))
+    if problems:
+        return no_socket_message(problems, KEEPER.adopted_from_exec)
+    return None
+
+
+def restart_warnings(bus, adapters) -> List[str]:
+    """What a later restart would trip over, checked as the user just dropped to."""
+    out = []
+    infos = server_infos(adapters)
+    for msg in unreadable_tls(infos):
+        out.append(f'{msg}. Serving now works (read as root before the drop), but a later '
+                   f'restart (engine.restart(), autoreload, SIGHUP) re-reads it as this user '
+                   f'and would fail')
+    blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '',
+                                              startup_cwd())
+    if blockers:
+        out.append(reexec_warning(blockers, autoreload_on(bus)))
+    return out

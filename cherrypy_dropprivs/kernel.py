@@ -1,0 +1,322 @@
+"""Linux calls and /proc reading: no policy and no CherryPy.
+
+Per-thread credentials from ``/proc/<pid>/task/*/status`` (the kernel's view,
+which /proc/<pid>/status gives for the main thread only), ctypes wrappers for
+what Python's os module lacks (capset, prctl, sigaction), the controlling
+terminal, and the umask read without changing it. capset and prctl act on
+the calling thread only (glibc broadcasts set*id, not these): callers run
+them in each thread that needs them, or before creating threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import signal
+import stat
+import termios
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+
+@dataclass(frozen=True)
+class ThreadCreds:
+    """One thread's credentials as the kernel reports them."""
+
+    tid: int
+    name: str
+    uids: Tuple[int, int, int, int]  # real, effective, saved, filesystem
+    gids: Tuple[int, int, int, int]
+    groups: Tuple[int, ...]
+    cap_inh: int
+    cap_prm: int
+    cap_eff: int
+    cap_bnd: int
+    cap_amb: int
+    no_new_privs: bool
+    umask: int
+
+
+def parse_status(text: str) -> Dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(':')
+        fields[key] = value.strip()
+    return fields
+
+
+def creds_from_status(tid: int, fields: Dict[str, str]) -> ThreadCreds:
+    def ids(key: str) -> Tuple[int, int, int, int]:
+        a, b, c, d = (int(x) for x in fields[key].split())
+        return a, b, c, d
+
+    return ThreadCreds(
+        tid=tid,
+        name=fields.get('Name', ''),
+        uids=ids('Uid'),
+        gids=ids('Gid'),
+        groups=tuple(int(g) for g in fields.get('Groups', '').split()),
+        cap_inh=int(fields.get('CapInh', '0'), 16),
+        cap_prm=int(fields.get('CapPrm', '0'), 16),
+        cap_eff=int(fields.get('CapEff', '0'), 16),
+        cap_bnd=int(fields.get('CapBnd', '0'), 16),
+        cap_amb=int(fields.get('CapAmb', '0'), 16),
+        no_new_privs=fields.get('NoNewPrivs', '0') == '1',
+        umask=int(fields.get('Umask', '0'), 8),
+    )
+
+
+def thread_creds(pid: Union[int, str] = 'self') -> List[ThreadCreds]:
+    """Credentials of every thread of ``pid``, from /proc/<pid>/task/*/status.
+
+    A thread that exits while we read is skipped: it cannot serve anything.
+    """
+    base = f'/proc/{pid}/task'
+    out = []
+    for tid in sorted(os.listdir(base), key=int):
+        try:
+            with open(f'{base}/{tid}/status') as f:
+                text = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out.append(creds_from_status(int(tid), parse_status(text)))
+    return out
+
+
+def current_thread_creds() -> ThreadCreds:
+    """The calling thread's credentials (/proc/thread-self/status)."""
+    with open('/proc/thread-self/status') as f:
+        fields = parse_status(f.read())
+    return creds_from_status(int(os.path.basename(os.readlink('/proc/thread-self'))), fields)
+
+
+PR_GET_DUMPABLE = 3
+
+
+PR_SET_KEEPCAPS = 8
+
+
+PR_SET_NO_NEW_PRIVS = 38
+
+
+PR_CAP_AMBIENT = 47
+
+
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+
+
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+_libc.prctl.restype = ctypes.c_int
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ('effective', ctypes.c_uint32),
+        ('permitted', ctypes.c_uint32),
+        ('inheritable', ctypes.c_uint32),
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f'{what}: {os.strerror(err)}')
+    return ret
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f'prctl({option})')
+
+
+def clear_thread_capabilities() -> None:
+    """Empty the calling thread's effective, permitted, inheritable and ambient sets."""
+    prctl(PR_SET_KEEPCAPS, 0)
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as e:  # kernels before 4.3 have no ambient set
+        if e.errno != 22:
+            raise
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), 'capset')
+
+
+def clear_inheritable() -> None:
+    """Empty the calling thread's inheritable set; keep its permitted and effective sets.
+
+    Safe as root before the drop: the thread keeps what it may still need
+    (e.g. CAP_SETUID for glibc's set*id broadcast). The kernel clears
+    permitted, effective and ambient at setresuid, never inheritable; with a
+    non-empty inheritable set an exec of a file with ``+ei`` file
+    capabilities would grant them again. Lowering needs no privilege.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), 'capget')
+    if not (data[0].inheritable or data[1].inheritable):
+        return
+    data[0].inheritable = data[1].inheritable = 0
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    _check(_libc.capset(ctypes.byref(header), data), 'capset')
+
+
+def held_in_any_thread() -> bool:
+    """Whether any thread of this process has a capability in any set but the bounding one."""
+    return any(t.cap_prm or t.cap_eff or t.cap_amb or t.cap_inh for t in thread_creds('self'))
+
+
+def set_no_new_privs() -> None:
+    """Set no_new_privs on the calling thread (inherited by threads it creates)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def get_dumpable() -> int:
+    return prctl(PR_GET_DUMPABLE)
+
+
+def current_umask() -> int:
+    """The process's umask without changing it, from /proc (Linux 4.7+).
+
+    Reading it with os.umask means setting it for an instant, and another
+    thread creating a file in that instant would get the probe's mask; the
+    fallback probes with 0o077 so that such a file is too private, not too open.
+    """
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+#: Larger than glibc's struct sigaction on every Linux ABI (152 bytes on x86-64, arm64).
+_SIGACTION_SIZE = 512
+
+
+def tty_nr(pid='self') -> int:
+    """The controlling terminal's device number (0: none), /proc/<pid>/stat field 7."""
+    with open(f'/proc/{pid}/stat', 'rb') as f:
+        data = f.read()
+    fields = data[data.rindex(b')') + 2:].split()
+    return int(fields[4])  # state ppid pgrp session tty_nr
+
+
+def _ctty_fd() -> Optional[int]:
+    try:
+        return os.open('/dev/tty', os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:  # ENXIO: no controlling terminal
+        return None
+
+
+def _device(nr: int) -> Optional[Tuple[str, os.stat_result]]:
+    """A path to character device ``nr`` and its stat: an open fd of ours first, then /dev.
+
+    (/dev/tty itself is another device: its owner and inode say nothing.)
+    """
+    candidates = [f'/proc/self/fd/{fd}' for fd in sorted(os.listdir('/proc/self/fd'), key=int)]
+    for top in ('/dev/pts', '/dev'):
+        try:
+            candidates += [os.path.join(top, n) for n in sorted(os.listdir(top))]
+        except OSError:
+            pass
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == nr:
+            name = os.path.realpath(path) if path.startswith('/proc/') else path
+            return name, st
+    return None
+
+
+def terminal_owner() -> Optional[int]:
+    """The uid owning the controlling terminal's device, or None without one."""
+    nr = tty_nr()
+    found = _device(nr) if nr else None
+    return found[1].st_uid if found else None
+
+
+class _HupIgnored:
+    """SIGHUP ignored (raw sigaction: works in any thread), restored exactly on exit."""
+
+    def __enter__(self):
+        self._old = ctypes.create_string_buffer(_SIGACTION_SIZE)
+        ign = ctypes.create_string_buffer(_SIGACTION_SIZE)
+        ctypes.c_void_p.from_buffer(ign).value = int(signal.SIG_IGN)  # sa_handler comes first
+        if _libc.sigaction(int(signal.SIGHUP), ign, self._old) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f'sigaction(SIGHUP): {os.strerror(err)}')
+        return self
+
+    def __exit__(self, *exc):
+        if _libc.sigaction(int(signal.SIGHUP), self._old, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f'sigaction(SIGHUP) restore: {os.strerror(err)}')
+        return False
+
+
+def give_up() -> List[str]:
+    """Detach from the controlling terminal (see the module doc); what was done, [] if nothing.
+
+    Raises OSError if the kernel refuses a step.
+    """
+    if not tty_nr():
+        return []
+    fd = _ctty_fd()
+    if fd is None:
+        return []
+    done = []
+    try:
+        nr = tty_nr()
+        found = _device(nr)
+        name = found[0] if found else f'device {os.major(nr)}:{os.minor(nr)}'
+        leader = os.getsid(0) == os.getpid()
+        if leader:
+            with _HupIgnored():
+                fcntl.ioctl(fd, termios.TIOCNOTTY)
+            done.append(f'gave up controlling terminal {name} (session leader: the terminal '
+                        f'left the whole session; Ctrl-C there no longer reaches this process)')
+        else:
+            fcntl.ioctl(fd, termios.TIOCNOTTY)
+            done.append(f'gave up controlling terminal {name}')
+        for std in (0, 1, 2):
+            try:
+                s = os.fstat(std)
+            except OSError:
+                continue
+            if not stat.S_ISCHR(s.st_mode) or s.st_rdev != nr:
+                continue
+            label = ('stdin', 'stdout', 'stderr')[std]
+            try:
+                new = os.open(f'/proc/self/fd/{std}', os.O_WRONLY | os.O_NOCTTY)
+                what = f'{label} reopened write-only'
+            except PermissionError:  # not root, on another user's terminal
+                new = os.open(os.devnull, os.O_RDONLY if std == 0 else os.O_WRONLY)
+                what = f'{label} now {os.devnull} (the terminal cannot be reopened write-only)'
+            try:
+                os.dup2(new, std)  # dup2 leaves close-on-exec off, as for the old fd
+            finally:
+                os.close(new)
+            done.append(what)
+    finally:
+        os.close(fd)
+    return done
