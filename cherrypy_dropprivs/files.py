@@ -250,7 +250,7 @@ def open_existing(path: str, kinds: Tuple[str, ...] = ('file',)) -> Opened:
         if stat.S_ISLNK(pst.st_mode):  # only root can put one there; not followed again
             raise UnsafePath(asked, f'{parent.real} became a symlink while it was being opened')
         _check_entry(asked, parent.real, pst, kinds)  # before opening: no device is opened
-        fd = os.open(parent.name, _READ, dir_fd=parent.fd)
+        fd = _open_leased(parent.name, _READ, 0, parent.fd)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (pst.st_dev, pst.st_ino):
@@ -290,12 +290,24 @@ def chown(path: str, uid: int, gid: int, *, directory_ok: bool = False,
         return opened.real
 
 
+def _open_leased(name: str, flags: int, mode: int, dir_fd: int) -> int:
+    """``openat`` with O_NONBLOCK (a FIFO must not block root's start), once more
+    without it when a lease answers EWOULDBLOCK: the owner of a file (the
+    target user, for a log handed over) can hold a lease on it, and the
+    kernel then breaks it within ``fs.lease-break-time``. Only a regular file
+    takes a lease, and its directory is root's: it cannot become a FIFO."""
+    try:
+        return os.open(name, flags, mode, dir_fd=dir_fd)
+    except BlockingIOError:
+        return os.open(name, flags & ~os.O_NONBLOCK, mode, dir_fd=dir_fd)
+
+
 def _open_for_writing(path: str, flags: int, mode: int) -> Tuple[int, str]:
     """Open (creating) the final entry of a safe path for writing; checked, one link."""
     asked = normalize(path)
     with resolve_parent(asked) as parent:
-        fd = os.open(parent.name, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode, dir_fd=parent.fd)
+        fd = _open_leased(parent.name, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                          | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode, parent.fd)
         try:
             _check_entry(asked, parent.real, os.fstat(fd), ('file',))
         except BaseException:

@@ -173,10 +173,14 @@ class SocketKeeper:
         port below ip_unprivileged_port_start. The environment can be forged;
         a bound privileged port cannot (short of a process holding
         CAP_NET_BIND_SERVICE, or the dropped site itself handing its own
-        sockets on)."""
+        sockets on). The socket must also be in this process's network
+        namespace: in a user namespace of its own, any user is root of a new
+        network namespace and may bind its privileged ports."""
         limit = unprivileged_port_start()
-        return any(s.family in (socket.AF_INET, socket.AF_INET6) and 0 < s.getsockname()[1] < limit
-                   for s in self._kept.values())
+        own = netns_cookie()
+        return own is not None and any(
+            s.family in (socket.AF_INET, socket.AF_INET6) and 0 < s.getsockname()[1] < limit
+            and netns_cookie(s) == own for s in self._kept.values())
 
 
 def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:
@@ -192,9 +196,28 @@ def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[st
     try:
         if sock.type != socket.SOCK_STREAM:
             return f'a {sock.type.name} socket, not a stream socket'
+        own, its = netns_cookie(), netns_cookie(sock)
+        if own is not None and its != own:
+            return 'bound in another network namespace'
         return listening_problem(sock, expected[key])
     finally:
         sock.close()
+
+
+#: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE): the socket's network namespace (Linux 5.14+).
+SO_NETNS_COOKIE = 71
+
+
+def netns_cookie(sock: Optional[socket.socket] = None) -> Optional[int]:
+    """The network namespace cookie of ``sock`` (default: this process's own,
+    through a fresh socket); None where the kernel cannot tell."""
+    try:
+        if sock is None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                return netns_cookie(probe)
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
+    except OSError:
+        return None
 
 
 def hold_backlog() -> int:

@@ -266,7 +266,9 @@ class DropPrivileges(SimplePlugin):
             self.gate.open()
             self._fail_if_cannot_serve()
             return
-        preflight.secure_pidfiles(self.bus)  # before PIDFile (70) writes: safe_paths, mode 0644
+        if holds_root():  # before the Daemonizer (65) and PIDFile (70) open files as root
+            preflight.secure_daemonizer_files(self.bus)
+        preflight.secure_pidfiles(self.bus)  # safe walk as root, mode 0644
         handoff.patch_port_checks()
         self.gate.close()
         self.gate.thread_actions = self._thread_actions(outcome)

@@ -23,7 +23,7 @@ import cherrypy
 from cherrypy import _cplogging
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
-from . import drop, files, kernel
+from . import drop, files, handoff, kernel
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
 from .files import Finding, UnsafePath, hand_over_or_raise, open_append
@@ -237,6 +237,38 @@ def secure_pidfiles(bus) -> int:
         pf.__dict__['_dropprivs_written'] = written
         n += 1
     return n
+
+
+def secure_daemonizer_files(bus) -> None:
+    """Open each Daemonizer's stdin/stdout/stderr through the safe walk, as root.
+
+    CherryPy's Daemonizer opens them by name at priority 65, as root, after
+    setting umask 0: through a symlink the target user planted (its own log
+    directory) that would hand the dropped process a descriptor on any file,
+    or create a world-writable one anywhere. Here each path is opened now by
+    :func:`files.open_append` (or read-only for stdin), and the Daemonizer is
+    given ``/proc/self/fd/N``, which reopens exactly that file. An unsafe path
+    fails the start closed. Call from the arm listener, as root.
+    """
+    for d in handoff.daemonizers(bus):
+        for attr in ('stdin', 'stdout', 'stderr'):
+            path = getattr(d, attr, None)
+            if not path or os.path.realpath(path) == os.devnull or str(path).startswith('/proc/self/fd/'):
+                continue
+            try:
+                if attr == 'stdin':
+                    with files.open_existing(path) as opened:
+                        fd = os.dup(opened.fd)
+                else:
+                    fd = open_append(path, 0o640)
+            except UnsafePath as e:
+                fail_closed(bus, f'Daemonizer {attr} {path}: {e.reason}; root opens it before the '
+                                 f'drop, so it must be in a directory only root can write '
+                                 f'(e.g. /var/log/mysite owned by root, mode 0755)')
+            except OSError as e:
+                fail_closed(bus, f'Daemonizer {attr} {path}: {e.strerror}')
+            os.set_inheritable(fd, False)
+            setattr(d, attr, f'/proc/self/fd/{fd}')
 
 
 class SafePIDFile(PIDFile):

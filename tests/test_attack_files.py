@@ -170,6 +170,71 @@ def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     assert len(problems) == 1 and f'log file {logs / "app.log"} is not safe' in problems[0]
 
 
+@needs_root
+@pytest.mark.parametrize('target', ['existing', 'missing'])
+def test_daemonizer_output_through_a_planted_symlink_is_refused(site, base, target):
+    """CherryPy's Daemonizer opens its stdout/stderr file as root (umask 0): a
+    symlink nobody planted in its own log directory would hand the dropped
+    process a descriptor on a root-only file, or make root create a 0666
+    file where nobody points. The arm listener opens it through the safe walk
+    first: refused, exit 77, before anything is opened or created."""
+    logs = user_dir(base, 'daemonlog')
+    shadow = root_only_file(base, 'daemon-secret')
+    before = fingerprint(shadow)
+    planted = shadow if target == 'existing' else shadow.parent / 'created-by-root'
+    as_nobody(f'ln -s {planted} {logs / "out.log"}')
+    proc = site(extra=['--daemonize', str(logs / 'out.log')], wait=False)
+    assert refused_before_serving(proc) == 77
+    line = critical_line(proc.log())
+    assert f'Daemonizer stdout {logs / "out.log"}' in line, line
+    assert fingerprint(shadow) == before
+    assert target == 'existing' or not os.path.lexists(planted)
+
+
+@needs_root
+def test_a_lease_on_a_log_file_does_not_crash_the_next_start(site, base):
+    """nobody owns its log file (handed over) and holds a lease on it, as a
+    process left running from the compromised site can: root's open is made
+    to wait for the lease to be broken (here the holder lets go at once, as
+    the kernel forces after fs.lease-break-time), not to fail with a traceback."""
+    logs = base / 'leaselog'
+    logs.mkdir(mode=0o755)
+    log = logs / 'error.log'
+    log.touch()
+    os.chown(log, NOBODY, NOBODY)
+    conf = base / 'lease.conf'
+    conf.write_text(f"[global]\nlog.error_file: '{log}'\n")
+    holder = subprocess.Popen(
+        [*AS_NOBODY, sys.executable, '-c', LEASE_HOLDER, str(log)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == 'leased'
+        proc = site(extra=['--config', str(conf)], wait=False)
+        body = proc.wait_http(timeout=30).json()
+        assert body['uids'] == [NOBODY] * 4
+        assert 'Traceback' not in proc.log()
+    finally:
+        stop_process(holder)
+
+
+#: Takes a read lease on a file (its own), gives it up when the kernel asks
+#: (SIGIO), and takes it again as soon as it can, for at most 20 s.
+LEASE_HOLDER = '''
+import fcntl, os, signal, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+signal.signal(signal.SIGIO, lambda *a: fcntl.fcntl(fd, 1024, fcntl.F_UNLCK))
+fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)
+print('leased', flush=True)
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    try:
+        fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)
+    except OSError:
+        pass
+    time.sleep(0.01)
+'''
+
+
 # -- item 2: the PID file through a planted symlink -----------------------------
 
 

@@ -80,3 +80,19 @@ def test_malformed_handoff_in_a_root_start_is_ignored(spawn, bad):
     proc = spawn([sys.executable, str(HERE / 'sites' / 'site.py'), '--port', str(port)],
                  env={'CHERRYPY_DROPPRIVS_SOCKETS': bad}, ports=[port])
     assert proc.wait_http().json()['uids'] == [NOBODY] * 4
+
+
+def test_a_privileged_port_bound_in_a_user_namespace_proves_nothing(spawn):
+    """nobody is root of a user and network namespace of its own and binds a
+    privileged port there, then hands that socket over with require_root set:
+    it is in another network namespace, so it is refused (exit 77) and
+    require_root is not waived."""
+    port = free_privileged_port()
+    proc = spawn([*nobody_can_run(), sys.executable, FORGE, '--bind', '127.0.0.1', str(port),
+                  '--key', '127.0.0.1', str(port), '--as-nobody', '--userns', '--',
+                  '--port', str(port), '--options', '{"require_root": true}'], ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    assert 'bound in another network namespace' in log, log
+    assert 'Serving on' not in log
