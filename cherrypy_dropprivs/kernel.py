@@ -298,14 +298,17 @@ def give_up() -> List[str]:
         else:
             fcntl.ioctl(fd, termios.TIOCNOTTY)
             done.append(f'gave up controlling terminal {name}')
-        for std in (0, 1, 2):
+        # Every descriptor on the terminal, not only 0-2 (a shell's `3<>/dev/tty`
+        # would otherwise still read root's keystrokes).
+        for std in sorted(int(n) for n in os.listdir('/proc/self/fd')):
             try:
                 s = os.fstat(std)
             except OSError:
                 continue
-            if not stat.S_ISCHR(s.st_mode) or s.st_rdev != nr:
+            if std == fd or not stat.S_ISCHR(s.st_mode) or s.st_rdev != nr:
                 continue
-            label = ('stdin', 'stdout', 'stderr')[std]
+            label = ('stdin', 'stdout', 'stderr')[std] if std < 3 else f'fd {std}'
+            inheritable = os.get_inheritable(std)
             try:
                 new = os.open(f'/proc/self/fd/{std}', os.O_WRONLY | os.O_NOCTTY)
                 what = f'{label} reopened write-only'
@@ -313,7 +316,7 @@ def give_up() -> List[str]:
                 new = os.open(os.devnull, os.O_RDONLY if std == 0 else os.O_WRONLY)
                 what = f'{label} now {os.devnull} (the terminal cannot be reopened write-only)'
             try:
-                os.dup2(new, std)  # dup2 leaves close-on-exec off, as for the old fd
+                os.dup2(new, std, inheritable=inheritable)
             finally:
                 os.close(new)
             done.append(what)

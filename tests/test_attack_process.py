@@ -38,8 +38,9 @@ fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 if mode == 'leader':
     with open(pidfile, 'w') as f:
         f.write(f'{os.getpid()}\n')
-    for i in (0, 1, 2):
+    for i in (0, 1, 2, 3):  # and 3, as a shell's `3<>/dev/tty` would
         os.dup2(fd, i)
+    os.set_inheritable(3, True)  # fd itself may be 3
     os.execv(argv[0], argv)
 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 r, w = os.pipe()
@@ -48,8 +49,9 @@ if pid == 0:
     os.setpgid(0, 0)
     os.read(r, 1)
     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
-    for i in (0, 1, 2):
+    for i in (0, 1, 2, 3):  # and 3, as a shell's `3<>/dev/tty` would
         os.dup2(fd, i)
+    os.set_inheritable(3, True)  # fd itself may be 3
     os.execv(argv[0], argv)
 os.setpgid(pid, pid)
 os.tcsetpgrp(fd, pid)
@@ -137,11 +139,12 @@ def test_terminal_given_up_tiocsti_fails_ctrl_c_and_screen_work(spawn, tmp_path,
     assert who['uid'] == NOBODY and who['pid'] == pid
     assert 'SignalHandler' in who['sighup'], who  # CherryPy's own SIGHUP handler, restored
     tried = launcher.get('/tiocsti', params={'text': 'touch /tmp/pwned\n'}).json()
-    assert tried == {'fd0': 'EPERM', 'fd1': 'EPERM', 'fd2': 'EPERM', 'devtty': 'ENXIO'}, tried
+    assert tried == {'fd0': 'EPERM', 'fd1': 'EPERM', 'fd2': 'EPERM', 'fd3': 'EPERM', 'devtty': 'ENXIO'}, tried
     time.sleep(0.2)
     assert _pending_input(slave) == b''  # nothing typed for root's shell to read
     os.write(master, b'secret\n')  # root types: the site cannot read it
-    assert launcher.get('/readkeys').json() == {'fd0': 'EBADF', 'fd1': 'EBADF', 'fd2': 'EBADF'}
+    keys = launcher.get('/readkeys').json()
+    assert keys == {'fd0': 'EBADF', 'fd1': 'EBADF', 'fd2': 'EBADF', 'fd3': 'EBADF'}, keys
     assert _pending_input(slave) == b'secret\n'
     wait_for(lambda: 'GET /readkeys' in drain.text(), 5, what='the access log on the screen')
 

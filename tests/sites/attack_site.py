@@ -1,6 +1,6 @@
 """A site whose handlers play a compromised application (tests/test_attack_process.py).
 
-/tiocsti tries to type a command into the terminal on fds 0-2 and /dev/tty;
+/tiocsti tries to type a command into the terminal on fds 0-3 and /dev/tty;
 /readkeys tries to read from fds 0-2; --child-at-76 starts a child between
 the bind and the drop, as root.
 """
@@ -35,7 +35,7 @@ class Root:
     @cherrypy.tools.json_out()
     def tiocsti(self, text='id\n'):
         out = {}
-        for fd in (0, 1, 2):
+        for fd in (0, 1, 2, 3):
             def push(fd=fd):
                 for b in text.encode():
                     fcntl.ioctl(fd, termios.TIOCSTI, bytes([b]))
@@ -55,7 +55,7 @@ class Root:
     @cherrypy.tools.json_out()
     def readkeys(self):
         out = {}
-        for fd in (0, 1, 2):
+        for fd in (0, 1, 2, 3):
             def read(fd=fd):
                 flags = fcntl.fcntl(fd, fcntl.F_GETFL)
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
