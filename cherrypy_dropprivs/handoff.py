@@ -270,12 +270,23 @@ def _ip(host: str):
 
 
 def _same_host(configured: str, bound: str) -> bool:
-    want, got = _ip(configured) if configured else ipaddress.ip_address('0.0.0.0'), _ip(bound)
-    if want is None or got is None:
+    """Whether a socket bound to ``bound`` serves the configured host: the same
+    address, or, for a name, one it resolves to (as cheroot resolved it)."""
+    got = _ip(bound)
+    if got is None:
         return True
-    if want.is_unspecified:
-        return got.is_unspecified
-    return want == got
+    want = _ip(configured) if configured else ipaddress.ip_address('0.0.0.0')
+    if want is None:
+        try:
+            infos = socket.getaddrinfo(configured, None, 0, socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return False
+        wanted = {_ip(str(ai[4][0])) for ai in infos}
+    else:
+        wanted = {want}
+    if got.is_unspecified or any(w is not None and w.is_unspecified for w in wanted):
+        return got.is_unspecified and any(w is not None and w.is_unspecified for w in wanted)
+    return got in wanted
 
 
 def is_listening(sock: socket.socket) -> bool:

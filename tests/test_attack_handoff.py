@@ -96,3 +96,17 @@ def test_a_privileged_port_bound_in_a_user_namespace_proves_nothing(spawn):
     assert status == 77, log
     assert 'bound in another network namespace' in log, log
     assert 'Serving on' not in log
+
+
+def test_a_host_name_is_resolved_before_a_socket_is_adopted(spawn):
+    """The server is configured by name (localhost); the forged socket listens
+    on every address (0.0.0.0) on that port: not what the name resolves to,
+    so it is refused (exit 77), as it is for a numeric host."""
+    port = free_port()
+    proc = spawn([*nobody_can_run(), sys.executable, FORGE, '--bind', '0.0.0.0', str(port),
+                  '--key', 'localhost', str(port), '--as-nobody', '--',
+                  '--host', 'localhost', '--port', str(port)], ports=[port])
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    assert 'its socket is bound to 0.0.0.0, not localhost' in log, log
