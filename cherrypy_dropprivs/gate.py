@@ -15,6 +15,7 @@ Per server: ``bind``/``bind_unix_socket`` adopt a kept socket (handoff),
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
+import errno
 import threading
 import time
 from typing import Any, Callable, Iterator, List
@@ -23,6 +24,7 @@ import cheroot.server
 from cherrypy import _cpserver
 from cherrypy.process import servers as cp_servers
 
+from . import kernel
 from .handoff import KEEPER, adapter_key, describe, hold_backlog, listening_problem, server_adapters
 
 
@@ -203,7 +205,15 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
 
     def bind(family, type, proto=0):
         sock = KEEPER.take(key())
-        return adopt(sock) if sock is not None else cls.bind(httpserver, family, type, proto)
+        if sock is not None:
+            return adopt(sock)
+        try:
+            return cls.bind(httpserver, family, type, proto)
+        except OSError as e:
+            holders = port_holders(httpserver.bind_addr)
+            if e.errno == errno.EADDRINUSE and holders:
+                raise OSError(e.errno, f'{e.strerror}: {holders}') from e
+            raise
 
     def bind_unix_socket(bind_addr):
         sock = KEEPER.take(key())
@@ -267,6 +277,20 @@ def iter_unbound(adapters) -> Iterator[str]:
             yield f'{where}: {unbound_reason(adapter)}'
 
 
+def port_holders(addr) -> str:
+    """'port P is held by another process: pid ...', naming who listens on a
+    port this process could not bind; '' when nobody else does."""
+    if not isinstance(addr, tuple) or not addr[1]:
+        return ''
+    holders = kernel.listeners_on_port(int(addr[1]))
+    if not holders:
+        return ''
+    return (f'port {addr[1]} is held by another process: '
+            + ', '.join(f'pid {pid} ({comm}, uid {uid})' for pid, uid, comm in holders)
+            + '; stop it first (under systemd, KillMode=control-group stops every process a '
+              'unit started, including what a compromised site left behind)')
+
+
 def unbound_reason(adapter) -> str:
     hs = adapter.httpserver
     if adapter.interrupt is not None:
@@ -277,7 +301,7 @@ def unbound_reason(adapter) -> str:
     if hs is None:
         return 'it has no HTTP server (its start listener did not run)'
     if not getattr(hs, 'ready', False):
-        return 'its accept loop is not ready'
+        return port_holders(adapter.bind_addr) or 'its accept loop is not ready'
     if getattr(hs, 'socket', None) is None:
         return 'it has no socket'
     if not hs.__dict__.get('_dropprivs_hooked'):

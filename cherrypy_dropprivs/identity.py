@@ -69,11 +69,21 @@ def format_ids(uid: int, gid: int, groups: Iterable[int]) -> str:
     return f'uid={_fmt(uid, user_name(uid))} gid={_fmt(gid, group_name(gid))} groups={gl}'
 
 
+#: Longer user or group names are refused before any lookup: the name service
+#: (e.g. systemd's userdb module) may abort the whole process on a huge one.
+MAX_NAME = 256
+
+
 def _check_type(what: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(
             f'{what} must be {_ID_ACCEPTED.format(max=MAX_ID)}; '
-            f'got {value!r} ({type(value).__name__})'
+            f'got {value!r:.80} ({type(value).__name__})'
+        )
+    if isinstance(value, str) and len(value) > MAX_NAME:
+        raise ValueError(
+            f'{what} {value[:40]!r}... is {len(value)} characters long; names are at most '
+            f'{MAX_NAME}; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
         )
 
 

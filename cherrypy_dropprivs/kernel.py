@@ -85,6 +85,34 @@ def thread_creds(pid: Union[int, str] = 'self') -> List[ThreadCreds]:
     return out
 
 
+def listeners_on_port(port: int) -> List[Tuple[int, int, str]]:
+    """(pid, uid, command) of each other process holding a TCP socket that listens
+    on ``port`` (from /proc/net/tcp{,6} and /proc/*/fd; complete only as root)."""
+    inodes = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        try:
+            with open(table) as f:
+                next(f)
+                for cols in map(str.split, f):
+                    if cols[3] == '0A' and int(cols[1].rsplit(':', 1)[1], 16) == port:
+                        inodes.add(f'socket:[{cols[9]}]')
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    found = []
+    for pid in (p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()):
+        try:
+            fds = os.listdir(f'/proc/{pid}/fd')
+            if not any(os.readlink(f'/proc/{pid}/fd/{fd}') in inodes for fd in fds):
+                continue
+            with open(f'/proc/{pid}/comm') as f:
+                comm = f.read().strip()
+            uid = os.stat(f'/proc/{pid}').st_uid
+        except OSError:
+            continue
+        found.append((int(pid), uid, comm))
+    return found
+
+
 def current_thread_creds() -> ThreadCreds:
     """The calling thread's credentials (/proc/thread-self/status)."""
     with open('/proc/thread-self/status') as f:

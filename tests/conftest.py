@@ -134,7 +134,7 @@ def stop_process(popen: subprocess.Popen, timeout: float = 5) -> None:
 
 
 def start_process(argv: Sequence[str], log: Path, env: Optional[dict] = None,
-                  cwd=None) -> subprocess.Popen:
+                  cwd=None, pass_fds: Sequence[int] = ()) -> subprocess.Popen:
     """Start ``argv`` in its own session, output to ``log``, the repo importable."""
     full_env = dict(os.environ)
     full_env['PYTHONUNBUFFERED'] = '1'
@@ -145,7 +145,7 @@ def start_process(argv: Sequence[str], log: Path, env: Optional[dict] = None,
     with open(log, 'wb') as out:
         return subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd or str(REPO), start_new_session=True,
+            env=full_env, cwd=cwd or str(REPO), start_new_session=True, pass_fds=tuple(pass_fds),
         )
 
 
@@ -154,9 +154,10 @@ def spawn(tmp_path):
     """spawn(argv, env=..., cwd=..., ports=...) -> Proc; stopped by pid afterwards."""
     started: List[subprocess.Popen] = []
 
-    def _spawn(argv: Sequence[str], env: Optional[dict] = None, cwd=None, ports=()) -> Proc:
+    def _spawn(argv: Sequence[str], env: Optional[dict] = None, cwd=None, ports=(),
+               pass_fds: Sequence[int] = ()) -> Proc:
         log = tmp_path / f'proc{len(started)}.log'
-        popen = start_process(argv, log, env=env, cwd=cwd)
+        popen = start_process(argv, log, env=env, cwd=cwd, pass_fds=pass_fds)
         started.append(popen)
         return Proc(popen, log, ports)
 

@@ -110,3 +110,25 @@ def test_a_host_name_is_resolved_before_a_socket_is_adopted(spawn):
     log = proc.log()
     assert status == 77, log
     assert 'its socket is bound to 0.0.0.0, not localhost' in log, log
+
+
+def test_a_squatter_on_the_port_is_named(spawn):
+    """A process of the target user still holds a listening socket on the
+    privileged port (compromised code passed the site's socket on before the
+    site stopped): root's next start cannot bind it and ends before serving
+    (CherryPy's own exit on a failed bind), and the error names the process
+    that holds the port."""
+    port = free_privileged_port()
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(('127.0.0.1', port))
+    held.listen(5)
+    squatter = spawn([*nobody_can_run(), 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+                      '--', sys.executable, '-c', 'import time; time.sleep(60)'], pass_fds=(held.fileno(),))
+    held.close()  # only the squatter holds it now
+    proc = spawn([sys.executable, str(HERE / 'sites' / 'site.py'), '--port', str(port)], ports=[port])
+    status = proc.wait_exit(timeout=20)
+    log = proc.log()
+    assert status != 0 and 'Serving on' not in log, log
+    assert f'port {port} is held by another process: pid {squatter.pid} (python' in log, log
+    assert 'uid 65534' in log and 'KillMode=control-group' in log

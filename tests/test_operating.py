@@ -239,3 +239,30 @@ def test_check_malformed_file_exits_2_with_a_message(spawn, tmp_path, text, mess
     assert rc == 2, out
     assert 'error: ' in out and message in out, out
     assert 'Traceback' not in out, out
+
+
+@needs_root
+def test_check_as_root_refuses_a_config_others_could_have_changed(spawn, tmp_path):
+    """CherryPy runs the Python in a config file: as root, check never reads one
+    in a directory another user can write (the attacker's own edit), nor a FIFO
+    (which would block it), nor a name so long the name service aborts."""
+    writable = tmp_path / 'writable'
+    writable.mkdir()
+    writable.chmod(0o777)
+    marker = tmp_path / 'EXECUTED'
+    planted = writable / 'site.conf'
+    planted.write_text(f'[global]\nengine.dropprivs.uid: __import__("os").system("touch {marker}")\n')
+    rc, out = _check(spawn, str(planted))
+    assert rc == 2 and 'refusing to read it as root' in out and 'is writable by' in out, out
+    assert not marker.exists(), 'the planted config ran as root'
+
+    fifo = tmp_path / 'fifo.conf'
+    os.mkfifo(fifo)
+    rc, out = _check(spawn, str(fifo))
+    assert rc == 2 and 'refusing to read it as root' in out, out
+
+    huge = tmp_path / 'huge.conf'
+    huge.write_text(f"[global]\nengine.dropprivs.uid: '{'u' * 100_000}'\n")
+    rc, out = _check(spawn, str(huge))
+    assert rc == 2 and 'characters long; names are at most 256' in out, out
+    assert len(out) < 2000 and 'Traceback' not in out, out[:500]

@@ -270,7 +270,7 @@ def test_tls_key_unreadable_by_target_is_a_clear_error(site, tmp_path):
     assert re.search(rf'FAILED: cannot start the servers: TLS private key {re.escape(str(key))} .*'
                      r"not readable by uid=65534\(nobody\).*give the user's group read access.*"
                      rf'chgrp nogroup {re.escape(str(key))} && chmod g\+r', log), log
-    # No traceback, except cheroot's own: cheroot < 10 logs an unhandled
+    # No traceback, except cheroot's own: cheroot < 10.0.1 logs an unhandled
     # ssl.SSLZeroReturnError with a traceback when a TLS connection ends (plain
     # CherryPy does too). That one raises in cheroot and the ssl module only;
     # any other traceback, or one with a frame in this package, fails the test.
