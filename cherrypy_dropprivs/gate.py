@@ -24,7 +24,7 @@ import cheroot.server
 from cherrypy import _cpserver
 from cherrypy.process import servers as cp_servers
 
-from . import kernel
+from . import kernel, patches
 from .handoff import KEEPER, adapter_key, describe, hold_backlog, listening_problem, server_adapters
 
 
@@ -77,8 +77,8 @@ def arm(adapter, gate: Gate) -> None:
         return
     if not isinstance(adapter, _cpserver.Server):
         raise UngateableServer(f'server {describe(adapter)} has no HTTP server to hold')
-    if '_dropprivs_gate' in adapter.__dict__:
-        adapter._dropprivs_gate = gate
+    patches.replace(adapter, '_dropprivs_gate', gate)
+    if patches.replaced(adapter, 'httpserver_from_self'):
         return
     create = adapter.httpserver_from_self
 
@@ -87,8 +87,7 @@ def arm(adapter, gate: Gate) -> None:
         hook_httpserver(adapter, made, adapter._dropprivs_gate)
         return made, bind_addr
 
-    adapter._dropprivs_gate = gate
-    adapter.httpserver_from_self = httpserver_from_self
+    patches.replace(adapter, 'httpserver_from_self', httpserver_from_self)
 
 
 def _wait_without_connecting(adapter, gate: Gate) -> None:
@@ -102,8 +101,8 @@ def _wait_without_connecting(adapter, gate: Gate) -> None:
     5 ms (CherryPy polls every 100 ms), since every start and restart waits
     for it. With the gate open, CherryPy's own wait() runs unchanged.
     """
-    adapter._dropprivs_wait_gate = gate
-    if '_dropprivs_wait' in adapter.__dict__:
+    patches.replace(adapter, '_dropprivs_wait_gate', gate)
+    if patches.replaced(adapter, 'wait'):
         return
     cherrypy_wait = adapter.wait
 
@@ -122,8 +121,7 @@ def _wait_without_connecting(adapter, gate: Gate) -> None:
             raise NotListening(f'server {describe(adapter)} is not listening: {problem}')
         return None
 
-    adapter._dropprivs_wait = True
-    adapter.wait = wait
+    patches.replace(adapter, 'wait', wait)
 
 
 def hold_servers_now(bus, gate: Gate) -> None:
@@ -144,8 +142,8 @@ def hold_servers_subscribed_later(bus, gate: Gate) -> None:
     listener's, would otherwise start (and serve, as root) before anything
     could hold it. Problems are left to the arm listener, as above.
     """
-    if '_dropprivs_subscribe' in bus.__dict__:
-        bus._dropprivs_subscribe_gate = gate
+    patches.replace(bus, '_dropprivs_subscribe_gate', gate)
+    if patches.replaced(bus, 'subscribe'):
         return
     original = bus.subscribe
 
@@ -160,9 +158,7 @@ def hold_servers_subscribed_later(bus, gate: Gate) -> None:
                 pass
         return result
 
-    bus._dropprivs_subscribe_gate = gate
-    bus._dropprivs_subscribe = True
-    bus.subscribe = subscribe
+    patches.replace(bus, 'subscribe', subscribe)
 
 
 def _is_cheroot_server(httpserver: object) -> bool:
@@ -176,8 +172,8 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
             f'server {describe(adapter)} is a {type(httpserver).__name__}, not a cheroot '
             f'HTTPServer: its requests cannot be held until the drop'
         )
-    if httpserver.__dict__.get('_dropprivs_hooked'):
-        httpserver._dropprivs_gate = gate
+    if patches.replaced(httpserver, 'serve'):
+        patches.replace(httpserver, '_dropprivs_gate', gate)
         return
     if getattr(httpserver, 'ready', False):
         # Its accept loop already runs (its start listener ran before ours,
@@ -187,7 +183,7 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
             f'server {describe(adapter)} was already serving before the drop could hold it '
             f'(start it from the bus at its default priority 75, not before)'
         )
-    httpserver._dropprivs_gate = gate
+    patches.replace(httpserver, '_dropprivs_gate', gate)
     cls = type(httpserver)
 
     def key() -> str:
@@ -247,13 +243,12 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
 
     key()
     # Clients that arrive while the gate is shut can only wait: make room.
-    httpserver.request_queue_size = max(httpserver.request_queue_size or 0, hold_backlog())
-    httpserver.bind = bind
-    httpserver.bind_unix_socket = bind_unix_socket
-    httpserver.serve = serve
-    httpserver.stop = stop
-    pool.start = start_workers
-    httpserver._dropprivs_hooked = True
+    patches.replace(httpserver, 'request_queue_size',
+                    max(httpserver.request_queue_size or 0, hold_backlog()))
+    for name, hook in (('bind', bind), ('bind_unix_socket', bind_unix_socket), ('stop', stop),
+                       ('serve', serve)):
+        patches.replace(httpserver, name, hook)
+    patches.replace(pool, 'start', start_workers)
 
 
 def is_bound(adapter) -> bool:
@@ -264,7 +259,7 @@ def is_bound(adapter) -> bool:
         and hs is not None
         and getattr(hs, 'ready', False)
         and getattr(hs, 'socket', None) is not None
-        and hs.__dict__.get('_dropprivs_hooked')
+        and patches.replaced(hs, 'serve')
     )
 
 
@@ -304,6 +299,6 @@ def unbound_reason(adapter) -> str:
         return port_holders(adapter.bind_addr) or 'its accept loop is not ready'
     if getattr(hs, 'socket', None) is None:
         return 'it has no socket'
-    if not hs.__dict__.get('_dropprivs_hooked'):
+    if not patches.replaced(hs, 'serve'):
         return 'it is not held by the gate'
     return 'it is not running'

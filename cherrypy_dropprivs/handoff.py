@@ -29,6 +29,7 @@ from cherrypy.process import servers as cp_servers
 from cherrypy.process import wspbus
 from cherrypy.process.plugins import Daemonizer
 
+from . import patches
 from .errors import EXIT_DROP_FAILED, exit_now
 from .identity import format_ids, group_name
 
@@ -547,13 +548,13 @@ class _PortendWithKeptSockets:
 
 
 def patch_port_checks() -> None:
-    if not isinstance(cp_servers.portend, _PortendWithKeptSockets):
-        cp_servers.portend = _PortendWithKeptSockets()
+    if not patches.replaced(cp_servers, 'portend'):
+        patches.replace(cp_servers, 'portend', _PortendWithKeptSockets())
 
 
 def install_execv_handoff(bus) -> None:
     """Carry the kept sockets through the bus's re-exec (restart, autoreload, SIGHUP)."""
-    if bus.__dict__.get('_dropprivs_execv'):
+    if patches.replaced(bus, '_do_execv'):
         return
     do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
 
@@ -575,9 +576,8 @@ def install_execv_handoff(bus) -> None:
         set_cloexec()
         KEEPER.mark_inheritable()
 
-    bus._do_execv = _do_execv
-    bus._set_cloexec = _set_cloexec
-    bus._dropprivs_execv = True
+    patches.replace(bus, '_do_execv', _do_execv)
+    patches.replace(bus, '_set_cloexec', _set_cloexec)
 
 
 def server_infos(adapters) -> List[ServerInfo]:
@@ -608,7 +608,7 @@ def stay_daemonized(bus) -> None:
     publish, so its fork is made a no-op on the instance."""
     for d in daemonizers(bus):
         d.finalized = True
-        d.daemonize = _already_daemonized
+        patches.replace(d, 'daemonize', _already_daemonized)
     if daemonizers(bus):
         bus.log(f'dropprivs: already daemonized before the re-exec: not forking again '
                 f'(pid {os.getpid()} kept)')

@@ -22,7 +22,7 @@ from typing import List, NoReturn, Optional, Sequence, Union
 import cherrypy
 from cherrypy.process.plugins import SimplePlugin
 
-from . import gate, handoff, kernel, preflight
+from . import gate, handoff, kernel, patches, preflight
 from .drop import (
     ALREADY_TARGET,
     DROPPED,
@@ -196,12 +196,11 @@ class DropPrivileges(SimplePlugin):
                 f'priority must be an int in {ARM_PRIORITY + 1}..100, after the servers '
                 f'start (75); got {value!r}'
             )
-        was = self._subscribed
-        if was:
-            self.unsubscribe()
+        if self._subscribed:
+            self.bus.unsubscribe('start', self.start)
         self._priority = value
-        if was:
-            self.subscribe()
+        if self._subscribed:
+            self.bus.subscribe('start', self.start, priority=value)
 
     def plan(self) -> Plan:
         """Resolve all options together (raises ValueError/TypeError)."""
@@ -224,10 +223,12 @@ class DropPrivileges(SimplePlugin):
             gate.hold_servers_subscribed_later(self.bus, self.gate)
 
     def unsubscribe(self) -> None:
+        """Off the bus, and every CherryPy internal replaced since put back (patches)."""
         self.bus.unsubscribe('start', self.arm)
         self.bus.unsubscribe('start', self.start)
         self._subscribed = False
         self.gate.open()  # no plugin, no drop: servers held for it must not wait forever
+        patches.undo()
 
     def arm(self) -> None:
         """Before the servers: check the plan, close the gate, hook the servers."""

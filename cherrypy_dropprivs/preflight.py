@@ -23,7 +23,7 @@ import cherrypy
 from cherrypy import _cplogging
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
-from . import drop, files, handoff, kernel
+from . import drop, files, handoff, kernel, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
 from .files import Finding, UnsafePath, hand_over_or_raise, open_append
@@ -232,9 +232,9 @@ def secure_pidfiles(bus) -> int:
     for pf in pidfile_plugins(bus):
         if isinstance(pf, SafePIDFile):
             continue
-        written = bool(pf.__dict__.pop('finalized', False))
-        pf.__class__ = SafePIDFile
-        pf.__dict__['_dropprivs_written'] = written
+        # SafePIDFile.finalized is a property: it hides (and keeps) the instance's own.
+        patches.replace(pf, '_dropprivs_written', bool(pf.__dict__.get('finalized', False)))
+        patches.replace(pf, '__class__', SafePIDFile)
         n += 1
     return n
 
@@ -268,7 +268,7 @@ def secure_daemonizer_files(bus) -> None:
             except OSError as e:
                 fail_closed(bus, f'Daemonizer {attr} {path}: {e.strerror}')
             os.set_inheritable(fd, False)
-            setattr(d, attr, f'/proc/self/fd/{fd}')
+            patches.replace(d, attr, f'/proc/self/fd/{fd}')
 
 
 class SafePIDFile(PIDFile):
@@ -344,10 +344,8 @@ def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
     exists, and handing the file over instead would make a PID file that root
     tools trust writable by the daemon.
     """
-    if getattr(plugin, '_dropprivs_exit', None):
+    if patches.replaced(plugin, '_dropprivs_exit'):
         return
-    priority = bus._priorities.get(('exit', plugin.exit), 50)
-    bus.unsubscribe('exit', plugin.exit)
     path = plugin.pidfile
 
     def exit_pidfile() -> None:
@@ -363,8 +361,8 @@ def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
                     f'({e.strerror}); a stale PID file is left behind', level=logging.WARNING)
 
     exit_pidfile._dropprivs_owner = plugin  # type: ignore[attr-defined]
-    plugin._dropprivs_exit = exit_pidfile
-    bus.subscribe('exit', exit_pidfile, priority=priority)
+    patches.replace(plugin, '_dropprivs_exit', exit_pidfile)
+    patches.resubscribe(bus, 'exit', plugin.exit, exit_pidfile)
 
 
 def make_reopen_safe(bus, manager) -> None:
@@ -375,13 +373,11 @@ def make_reopen_safe(bus, manager) -> None:
     next log call blocks for ever. Here the new file is opened first, the
     swap is done under the lock, and a failure keeps the old stream.
     """
-    if manager.__dict__.get('_dropprivs_reopen'):
+    if patches.replaced(manager, '_dropprivs_reopen'):
         return
     original = manager.reopen_files
     if original not in bus.listeners.get('graceful', ()):
         return
-    priority = bus._priorities.get(('graceful', original), 50)
-    bus.unsubscribe('graceful', original)
 
     def reopen_files() -> None:
         failed = []
@@ -405,8 +401,8 @@ def make_reopen_safe(bus, manager) -> None:
             bus.log(f'dropprivs: could not reopen log file {what} as uid {os.geteuid()}; '
                     f'still writing to the file opened before', level=logging.WARNING)
 
-    manager._dropprivs_reopen = reopen_files
-    bus.subscribe('graceful', reopen_files, priority=priority)
+    patches.replace(manager, '_dropprivs_reopen', reopen_files)
+    patches.resubscribe(bus, 'graceful', original, reopen_files)
 
 
 #: logger -> (path, reason): a builtin log file refused while root.
@@ -421,7 +417,7 @@ def refused() -> Dict[str, str]:
 def install() -> None:
     """Wrap CherryPy's LogManager file handling (once; idempotent)."""
     cls = _cplogging.LogManager
-    if getattr(cls, '_dropprivs_guarded', False):
+    if patches.replaced(cls, '_set_file_handler'):
         return
     original_add = cls._add_builtin_file_handler
     original_set = cls._set_file_handler
@@ -448,9 +444,9 @@ def install() -> None:
         log.addHandler(h)
         return None
 
-    cls._add_builtin_file_handler = _add_builtin_file_handler
-    cls._set_file_handler = _set_file_handler
-    cls._dropprivs_guarded = True
+    # Installed at import, for the life of the process: not undone by unsubscribe.
+    patches.replace(cls, '_add_builtin_file_handler', _add_builtin_file_handler, keep=True)
+    patches.replace(cls, '_set_file_handler', _set_file_handler, keep=True)
 
 
 def before_drop(plugin, plan: Plan, outcome: str) -> None:
