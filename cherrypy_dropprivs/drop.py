@@ -95,6 +95,18 @@ def classify(plan: Plan) -> str:
     return NOT_ROOT
 
 
+def thread_actions(plan: Plan, outcome: str) -> List[Callable[[], None]]:
+    """What every thread must do to itself: capset and prctl are per thread
+    (glibc broadcasts only set*id). Run in each server thread before it
+    creates its workers, and in older background threads after the drop."""
+    actions: List[Callable[[], None]] = [kernel.clear_inheritable]  # setresuid never clears CapInh
+    if outcome in (NOT_ROOT, ALREADY_TARGET):
+        actions.append(kernel.clear_thread_capabilities)
+    if plan.no_new_privs:
+        actions.append(kernel.set_no_new_privs)
+    return actions
+
+
 def target_of(plan: Plan) -> Identity:
     """The plan's target, for the outcomes that have one (classify ensures it)."""
     if plan.target is None:

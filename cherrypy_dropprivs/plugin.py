@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import List, NoReturn, Optional, Sequence, Union
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import cherrypy
 from cherrypy.process.plugins import SimplePlugin
@@ -32,6 +32,7 @@ from .drop import (
     carry_out,
     classify,
     holds_root,
+    thread_actions,
     verify,
 )
 from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED, OPTION_NAMES, ConfigError, PrivilegeDropError, exit_now
@@ -52,6 +53,68 @@ from .identity import (
 #: (70) and the servers (75), so that a bad plan stops the process before
 #: anything is written or bound.
 ARM_PRIORITY = 10
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False; got {value!r}')
+    return value
+
+
+def _check_uid(name: str, value: Optional[IdSpec]) -> Optional[IdSpec]:
+    if value is not None:
+        resolve_uid(value)  # kept as given; resolved again at start
+    return value
+
+
+def _check_gid(name: str, value: Optional[IdSpec]) -> Optional[IdSpec]:
+    if value is not None:
+        resolve_gid(value)
+    return value
+
+
+def _check_groups(name: str, value: Optional[Sequence[IdSpec]]) -> Optional[List[IdSpec]]:
+    check_groups_form(value)
+    return None if value is None else list(value)
+
+
+def _check_umask(name: str, value: Union[int, str, None]) -> Optional[int]:
+    return parse_umask(value)
+
+
+def _check_chown(name: str, value: Optional[Sequence[str]]) -> List[str]:
+    return check_chown(value)
+
+
+def _check_priority(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not ARM_PRIORITY < value <= 100:
+        raise ValueError(
+            f'priority must be an int in {ARM_PRIORITY + 1}..100, after the servers '
+            f'start (75); got {value!r}'
+        )
+    return value
+
+
+class Option:
+    """One option of DropPrivileges: checked as it is set (in the constructor,
+    as an attribute, or from a config file as ``engine.dropprivs.<name>``),
+    so bad input fails before anything binds. ``check(name, value)`` returns
+    what to store or raises ValueError/TypeError; ``after(plugin)`` reacts."""
+
+    def __init__(self, check: Callable[[str, Any], Any],
+                 after: Optional[Callable[[Any], None]] = None) -> None:
+        self.check, self.after = check, after
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, '_' + name
+
+    def __get__(self, plugin: Any, owner: Optional[type] = None) -> Any:
+        return self if plugin is None else getattr(plugin, self.slot)
+
+    def __set__(self, plugin: Any, value: Any) -> None:
+        setattr(plugin, self.slot, self.check(self.name, value))
+        if self.after is not None:
+            self.after(plugin)
 
 
 class DropPrivileges(SimplePlugin):
@@ -92,9 +155,7 @@ class DropPrivileges(SimplePlugin):
         self.require_root = require_root
         self.no_new_privs = no_new_privs
         self.priority = priority
-        #: Hand CherryPy's log files to the target before the drop (see preflight.py).
         self.chown_logs = chown_logs
-        #: Paths that must belong to the target (e.g. a session directory).
         self.chown = chown
         self.plan()  # the combination too, now, before anything binds
 
@@ -116,91 +177,23 @@ class DropPrivileges(SimplePlugin):
             e.dropprivs_option = name  # type: ignore[union-attr]  # exit 78 if uncaught
             raise
 
-    @property
-    def uid(self) -> Optional[IdSpec]:
-        return self._uid
+    uid = Option(_check_uid)
+    gid = Option(_check_gid)
+    groups = Option(_check_groups)
+    umask = Option(_check_umask)
+    require_root = Option(_flag)
+    no_new_privs = Option(_flag)
+    #: Hand CherryPy's log files to the target before the drop (see preflight.py).
+    chown_logs = Option(_flag)
+    #: Paths that must belong to the target (e.g. a session directory).
+    chown = Option(_check_chown)
+    priority = Option(_check_priority, after=lambda plugin: plugin._listen_at_priority())
 
-    @uid.setter
-    def uid(self, value: Optional[IdSpec]) -> None:
-        if value is not None:
-            resolve_uid(value)
-        self._uid = value
-
-    @property
-    def gid(self) -> Optional[IdSpec]:
-        return self._gid
-
-    @gid.setter
-    def gid(self, value: Optional[IdSpec]) -> None:
-        if value is not None:
-            resolve_gid(value)
-        self._gid = value
-
-    @property
-    def groups(self) -> Optional[Sequence[IdSpec]]:
-        return self._groups
-
-    @groups.setter
-    def groups(self, value: Optional[Sequence[IdSpec]]) -> None:
-        check_groups_form(value)
-        self._groups = None if value is None else list(value)
-
-    @property
-    def umask(self) -> Optional[int]:
-        return self._umask
-
-    @umask.setter
-    def umask(self, value: Union[int, str, None]) -> None:
-        self._umask = parse_umask(value)
-
-    @property
-    def require_root(self) -> bool:
-        return self._require_root
-
-    @require_root.setter
-    def require_root(self, value: bool) -> None:
-        self._require_root = _flag('require_root', value)
-
-    @property
-    def no_new_privs(self) -> bool:
-        return self._no_new_privs
-
-    @no_new_privs.setter
-    def no_new_privs(self, value: bool) -> None:
-        self._no_new_privs = _flag('no_new_privs', value)
-
-    @property
-    def chown_logs(self) -> bool:
-        return self._chown_logs
-
-    @chown_logs.setter
-    def chown_logs(self, value: bool) -> None:
-        self._chown_logs = _flag('chown_logs', value)
-
-    @property
-    def chown(self) -> List[str]:
-        return self._chown
-
-    @chown.setter
-    def chown(self, value: Optional[Sequence[str]]) -> None:
-        self._chown = check_chown(value)
-
-    @property
-    def priority(self) -> int:
-        return self._priority
-
-    @priority.setter
-    def priority(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not ARM_PRIORITY < value <= 100:
-            raise ValueError(
-                f'priority must be an int in {ARM_PRIORITY + 1}..100, after the servers '
-                f'start (75); got {value!r}'
-            )
+    def _listen_at_priority(self) -> None:
+        """The drop listener at the new priority (it matters once subscribed)."""
         if self._subscribed:
             self.bus.unsubscribe('start', self.start)
-        self._priority = value
-        if self._subscribed:
-            self.bus.subscribe('start', self.start, priority=value)
+            self.bus.subscribe('start', self.start, priority=self.priority)
 
     def plan(self) -> Plan:
         """Resolve all options together (raises ValueError/TypeError)."""
@@ -241,25 +234,7 @@ class DropPrivileges(SimplePlugin):
         # Threads started from here on (servers, workers, plugins) inherit an
         # empty inheritable set; older ones are swept at the drop.
         kernel.clear_inheritable()
-        try:
-            plan = self.plan()
-        except (ValueError, TypeError) as e:
-            self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
-        if self.record is None:
-            self._adopt_handed_over_sockets()
-            if KEEPER.daemonized:
-                handoff.stay_daemonized(self.bus)
-            if plan.require_root and not holds_root() and KEEPER.proves_root_start():
-                # Re-executed by our own restart: root was checked (and dropped)
-                # before the exec, and a socket only root could bind proves it.
-                plan = dataclasses.replace(plan, require_root=False)
-            try:
-                outcome = classify(plan)
-            except PrivilegeDropError as e:
-                self._fail(str(e), EXIT_DROP_FAILED)
-        else:  # a second start: already dropped (or never root); nothing to classify
-            outcome = self.record.outcome
-        self._plan, self._outcome = plan, outcome
+        self._plan, self._outcome = self._decide()
         self._holding = self._must_hold()
         if not self._holding:
             # Nothing to take away before serving: stay out of CherryPy's way
@@ -267,18 +242,46 @@ class DropPrivileges(SimplePlugin):
             self.gate.open()
             self._fail_if_cannot_serve()
             return
-        if holds_root():  # before the Daemonizer (65) and PIDFile (70) open files as root
+        self._secure_files_root_opens()
+        self._hold_servers()
+        self._fail_if_cannot_serve()
+
+    def _decide(self) -> Tuple[Plan, str]:
+        """The plan and what carrying it out will do, once per start."""
+        try:
+            plan = self.plan()
+        except (ValueError, TypeError) as e:
+            self._fail(f'bad configuration: {e}', EXIT_BAD_CONFIG)
+        if self.record is not None:  # a second start: already dropped (or never root)
+            return plan, self.record.outcome
+        self._adopt_handed_over_sockets()
+        if KEEPER.daemonized:
+            handoff.stay_daemonized(self.bus)
+        if plan.require_root and not holds_root() and KEEPER.proves_root_start():
+            # Re-executed by our own restart: root was checked (and dropped)
+            # before the exec, and a socket only root could bind proves it.
+            plan = dataclasses.replace(plan, require_root=False)
+        try:
+            return plan, classify(plan)
+        except PrivilegeDropError as e:
+            self._fail(str(e), EXIT_DROP_FAILED)
+
+    def _secure_files_root_opens(self) -> None:
+        """Before the Daemonizer (65) and PIDFile (70) open files, as root."""
+        if holds_root():
             preflight.secure_daemonizer_files(self.bus)
         preflight.secure_pidfiles(self.bus)  # safe walk as root, mode 0644
+
+    def _hold_servers(self) -> None:
+        """Every server waits at the closed gate; its threads run the per-thread actions."""
         handoff.patch_port_checks()
         self.gate.close()
-        self.gate.thread_actions = self._thread_actions(outcome)
+        self.gate.thread_actions = thread_actions(self._armed_plan(), self._outcome)
         for adapter in handoff.server_adapters(self.bus):
             try:
                 gate.arm(adapter, self.gate)
             except gate.UngateableServer as e:
                 self._fail(str(e), EXIT_DROP_FAILED)
-        self._fail_if_cannot_serve()
 
     def _adopt_handed_over_sockets(self) -> None:
         """Adopt what our own re-exec handed over, and nothing else."""
@@ -316,27 +319,37 @@ class DropPrivileges(SimplePlugin):
         """After the servers have bound: drop, verify, then let them serve."""
         try:
             adapters = handoff.server_adapters(self.bus)
-            if self._holding:
-                unbound = list(gate.iter_unbound(adapters))
-                if unbound:
-                    raise PrivilegeDropError(
-                        'servers',
-                        f'not bound when the drop ran (priority {self.priority}): '
-                        f'{"; ".join(unbound)}; every server must start before the drop',
-                    )
+            self._check_servers_held(adapters)
             if self.record is None:
                 self.record = self._first_drop()
-                if self.record.outcome == DROPPED:
-                    for warning in handoff.restart_warnings(self.bus, adapters):
-                        self._log(warning, logging.WARNING)
+                self._warn_what_a_restart_would_trip_over(adapters)
             else:
                 self._again(self.record)
-            if self._holding:
-                handoff.keep_sockets(adapters)
-                handoff.install_execv_handoff(self.bus)
+            self._keep_sockets_for_restarts(adapters)
         except Exception as e:  # any failure at all: fail closed
             self._fail(f'{e}', EXIT_DROP_FAILED)
         self.gate.open()
+
+    def _check_servers_held(self, adapters) -> None:
+        if not self._holding:
+            return
+        unbound = list(gate.iter_unbound(adapters))
+        if unbound:
+            raise PrivilegeDropError(
+                'servers',
+                f'not bound when the drop ran (priority {self.priority}): '
+                f'{"; ".join(unbound)}; every server must start before the drop',
+            )
+
+    def _warn_what_a_restart_would_trip_over(self, adapters) -> None:
+        if self.record is not None and self.record.outcome == DROPPED:
+            for warning in handoff.restart_warnings(self.bus, adapters):
+                self._log(warning, logging.WARNING)
+
+    def _keep_sockets_for_restarts(self, adapters) -> None:
+        if self._holding:
+            handoff.keep_sockets(adapters)
+            handoff.install_execv_handoff(self.bus)
 
 
     # -- internals ------------------------------------------------------------
@@ -391,15 +404,6 @@ class DropPrivileges(SimplePlugin):
         n = verify(self._armed_plan(), record).threads_checked
         self._log(f'already dropped; running as {Snapshot.take().describe()}; verified on {n} threads')
 
-    def _thread_actions(self, outcome: str):
-        """What each server thread does to itself before creating its workers."""
-        actions = [kernel.clear_inheritable]  # setresuid never clears CapInh
-        if outcome in (NOT_ROOT, ALREADY_TARGET):
-            actions.append(kernel.clear_thread_capabilities)
-        if self._armed_plan().no_new_privs:
-            actions.append(kernel.set_no_new_privs)
-        return actions
-
     def _log(self, msg: str, level: int = logging.INFO) -> None:
         self.bus.log(f'dropprivs: {msg}', level=level)
 
@@ -407,10 +411,6 @@ class DropPrivileges(SimplePlugin):
         exit_now(self.bus.log, msg, status)
 
 
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be True or False; got {value!r}')
-    return value
 
 
 def _mask(umask: Optional[int]) -> str:

@@ -23,7 +23,7 @@ import cherrypy
 from cherrypy import _cplogging
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
-from . import drop, files, handoff, kernel, patches
+from . import drop, files, handoff, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
 from .files import Finding, UnsafePath, hand_over_or_raise, open_append
@@ -470,12 +470,7 @@ def before_drop(plugin, plan: Plan, outcome: str) -> None:
 def after_drop(plugin, plan: Plan, outcome: str) -> None:
     """Per-thread settings in threads that existed before the drop; see drop."""
     clear_caps = outcome in (NOT_ROOT, ALREADY_TARGET)
-    actions = []
-    if clear_caps:
-        actions.append(kernel.clear_thread_capabilities)
-    if plan.no_new_privs:
-        actions.append(kernel.set_no_new_privs)
-    n = drop.apply_to_existing_threads(actions, clear_caps, plan.no_new_privs)
+    n = drop.apply_to_existing_threads(drop.thread_actions(plan, outcome), clear_caps, plan.no_new_privs)
     if n:
         what = ' and '.join(w for w, on in (('capabilities cleared', clear_caps),
                                             ('no_new_privs set', plan.no_new_privs)) if on)
