@@ -199,7 +199,7 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
         if not os.path.lexists(path):
             problems.append(str(files.make('chown', files.CHOWN_MISSING, path, user=user)))
             continue
-        try:  # the same walk the start does (safe_paths), changing nothing
+        try:  # the same walk the start does (files), changing nothing
             hand_over_or_raise(path, who, directory_ok=True, dry_run=True)
         except UnsafePath as e:
             problems.append(str(files.chown_unsafe(path, e.reason, who)))

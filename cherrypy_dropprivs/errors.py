@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     Raised when the config is applied, so that a typo cannot leave the real
     option silently off. Like a bad option value, it ends the process with
     EXIT_BAD_CONFIG when nothing catches it (as under cherryd): see
-    activation.install.
+    plugin.install.
     """
 
     def __init__(self, name: str) -> None:

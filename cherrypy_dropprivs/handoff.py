@@ -581,7 +581,7 @@ def install_execv_handoff(bus) -> None:
 
 
 def server_infos(adapters) -> List[ServerInfo]:
-    """Plain facts about each server for restart_checks (no cherrypy there)."""
+    """Plain facts about each server for the restart checks above (no CherryPy objects)."""
     out = []
     for adapter in adapters:
         addr = adapter.bind_addr

@@ -120,8 +120,8 @@ def log_stream_problems(target: Identity) -> List[str]:
     """One message per log file opened as root that is not safe; [] if none.
 
     Every FileHandler's open stream must be the regular file (one link) that
-    its path resolves to by :mod:`.safe_paths` (device and inode compared). A
-    path refused when the config was applied (:mod:`.log_guard`) counts too.
+    its path resolves to by the safe walk (files; device and inode compared). A
+    path refused when the config was applied (install, below) counts too.
     """
     bad = dict(refused())
     for h in file_handlers():
@@ -289,7 +289,7 @@ class SafePIDFile(PIDFile):
 def write_pidfile(bus, plugin: PIDFile) -> None:
     """Write ``plugin``'s PID file safely, or end the process (status 77).
 
-    As root: only through :mod:`.safe_paths` (a directory only root can
+    As root: only through the safe walk of :mod:`.files` (a directory only root can
     write, ``O_NOFOLLOW``, one link), owner root, mode 0644 whatever the
     umask. Without root: ``O_NOFOLLOW``, mode 0644, and a file that already
     holds this pid (a process re-executed by a restart keeps its pid) is left

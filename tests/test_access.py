@@ -1,4 +1,4 @@
-"""access.py and ownership.py on real files: stat-based access for another identity.
+"""files.py on real files: stat-based access for another identity.
 
 Root is needed to make files owned by other ids (chown of files the test
 created itself, under a fresh directory in /tmp; nothing on the host).
