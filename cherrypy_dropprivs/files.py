@@ -588,10 +588,12 @@ AUTORELOAD_NOT_STATABLE = (
 )
 
 
+#: One message for this problem, from the check command and from the start alike.
 TLS_NOT_READABLE = (
     'TLS {which} {path} is not readable by {user} ({reason}): it is read again by every restart '
     'after the drop (engine.restart(), SIGHUP, the Autoreloader), which would then fail. Fix: '
-    'chgrp {group} {path} && chmod g+r {path}, or disable restarts'
+    "give the user's group read access, e.g. `chgrp {group} {path} && chmod g+r {path}` (every "
+    'directory above it must be searchable too), or point the server at a copy the user can read'
 )
 
 

@@ -31,6 +31,7 @@ from cherrypy.process.plugins import Daemonizer
 
 from . import patches
 from .errors import EXIT_DROP_FAILED, exit_now
+from .files import TLS_NOT_READABLE
 from .identity import format_ids, group_name
 
 #: Environment variable that carries the kept sockets across execv.
@@ -346,25 +347,18 @@ def tls_files(adapter) -> Tuple[Tuple[str, str], ...]:
     return tuple(found)
 
 
-def tls_read_fix(path: str) -> str:
-    gid = os.getegid()
-    group = group_name(gid) or str(gid)
-    return (
-        f"give the user's group read access, e.g. `chgrp {group} {path} && chmod g+r {path}` "
-        f'(every directory above it must be searchable too), or point the server at a copy '
-        f'the user can read'
-    )
-
-
 def unreadable_tls(servers: Sequence[ServerInfo]) -> List[str]:
-    """One message per TLS file this process cannot read (or that is missing)."""
+    """One message per TLS file this process cannot read (or that is missing):
+    files.TLS_NOT_READABLE, as the check command says it."""
     out = []
+    gid = os.getegid()
     for server in servers:
         for role, path in server.tls_files:
             if not os.access(path, os.R_OK):
-                why = 'does not exist' if not os.path.exists(path) else 'is not readable'
-                out.append(f'TLS {role} {path} of server {server.description} {why} by '
-                           f'{whoami()}; {tls_read_fix(path)}')
+                why = 'it does not exist' if not os.path.exists(path) else 'permission denied'
+                out.append(TLS_NOT_READABLE.format(
+                    which=role, path=path, user=whoami(), group=group_name(gid) or str(gid),
+                    reason=f'{why}; server {server.description}'))
     return out
 
 
