@@ -97,11 +97,13 @@ def _wait_without_connecting(adapter, gate: Gate) -> None:
     which needs a free slot in the very backlog that held clients fill: under
     traffic it times out and the start fails. While the gate is shut the
     server's own state is the proof instead: its accept loop is ready and its
-    socket is listening on the configured address. The state is polled every
-    5 ms (CherryPy polls every 100 ms), since every start and restart waits
-    for it. With the gate open, CherryPy's own wait() runs unchanged.
+    socket is listening on the configured address. The server's thread says
+    when it reaches the gate (an event, not CherryPy's 100 ms polling), since
+    every start and restart waits for it. With the gate open, CherryPy's own
+    wait() runs unchanged.
     """
     patches.replace(adapter, '_dropprivs_wait_gate', gate)
+    patches.replace(adapter, '_dropprivs_at_gate', threading.Event())  # anew for each start
     if patches.replaced(adapter, 'wait'):
         return
     cherrypy_wait = adapter.wait
@@ -110,10 +112,12 @@ def _wait_without_connecting(adapter, gate: Gate) -> None:
         if adapter._dropprivs_wait_gate.is_open:
             return cherrypy_wait()
         adapter.__dict__.pop('_dropprivs_unbound', None)
-        while not getattr(adapter.httpserver, 'ready', False):
+        at_gate = adapter._dropprivs_at_gate
+        while not (at_gate.wait(0.05) and getattr(adapter.httpserver, 'ready', False)):
             if adapter.interrupt:
                 raise adapter.interrupt
-            time.sleep(0.005)
+            if at_gate.is_set():  # an older server's thread: poll its state
+                time.sleep(0.005)
         hs = adapter.httpserver
         problem = listening_problem(getattr(hs, 'socket', None), adapter.bind_addr)
         if problem:
@@ -216,6 +220,9 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
         return adopt(sock) if sock is not None else cls.bind_unix_socket(httpserver, bind_addr)
 
     def serve():
+        at_gate = adapter.__dict__.get('_dropprivs_at_gate')
+        if at_gate is not None:
+            at_gate.set()  # ready and listening: the adapter's wait() returns now
         # Also give up once the main thread has gone (an interrupted start, e.g.
         # KeyboardInterrupt before the drop): the held server and its workers
         # would otherwise keep the process alive as root forever. Stopping it

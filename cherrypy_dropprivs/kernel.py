@@ -10,14 +10,14 @@ them in each thread that needs them, or before creating threads.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
+import functools
 import os
 import signal
 import stat
 import termios
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple, Union
 
 
@@ -127,60 +127,66 @@ PR_SET_KEEPCAPS = 8
 
 
 PR_SET_NO_NEW_PRIVS = 38
-
-
 PR_CAP_AMBIENT = 47
-
-
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+@functools.cache
+def _c() -> SimpleNamespace:
+    """libc through ctypes, loaded on first use: a start with nothing to clear
+    never needs it (ctypes and libc's symbols cost memory and import time)."""
+    import ctypes
 
+    try:
+        lib = ctypes.CDLL('libc.so.6', use_errno=True)  # glibc; find_library would run ldconfig
+    except OSError:
+        import ctypes.util
+        lib = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+    lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    lib.prctl.restype = ctypes.c_int
 
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    class CapHeader(ctypes.Structure):
+        _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]
 
+    class CapData(ctypes.Structure):
+        _fields_ = [('effective', ctypes.c_uint32), ('permitted', ctypes.c_uint32),
+                    ('inheritable', ctypes.c_uint32)]
 
-_libc.prctl.restype = ctypes.c_int
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ('effective', ctypes.c_uint32),
-        ('permitted', ctypes.c_uint32),
-        ('inheritable', ctypes.c_uint32),
-    ]
+    return SimpleNamespace(ctypes=ctypes, lib=lib, CapHeader=CapHeader, CapData=CapData)
 
 
 def _check(ret: int, what: str) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
+        err = _c().ctypes.get_errno()
         raise OSError(err, f'{what}: {os.strerror(err)}')
     return ret
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f'prctl({option})')
+    return _check(_c().lib.prctl(option, arg2, arg3, arg4, arg5), f'prctl({option})')
+
+
+def _capset(data) -> None:
+    c = _c()
+    header = c.CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    _check(c.lib.capset(c.ctypes.byref(header), data), 'capset')
 
 
 def clear_thread_capabilities() -> None:
     """Empty the calling thread's effective, permitted, inheritable and ambient sets."""
+    t = current_thread_creds()
+    if not (t.cap_prm or t.cap_eff or t.cap_inh or t.cap_amb):
+        return  # nothing to clear (the usual case): no ctypes needed
     prctl(PR_SET_KEEPCAPS, 0)
     try:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as e:  # kernels before 4.3 have no ambient set
         if e.errno != 22:
             raise
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), data), 'capset')
+    _capset((_c().CapData * 2)())
 
 
 def clear_inheritable() -> None:
@@ -192,14 +198,14 @@ def clear_inheritable() -> None:
     non-empty inheritable set an exec of a file with ``+ei`` file
     capabilities would grant them again. Lowering needs no privilege.
     """
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capget(ctypes.byref(header), data), 'capget')
-    if not (data[0].inheritable or data[1].inheritable):
-        return
+    if not current_thread_creds().cap_inh:
+        return  # the usual case: no ctypes needed
+    c = _c()
+    header = c.CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (c.CapData * 2)()
+    _check(c.lib.capget(c.ctypes.byref(header), data), 'capget')
     data[0].inheritable = data[1].inheritable = 0
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    _check(_libc.capset(ctypes.byref(header), data), 'capset')
+    _capset(data)
 
 
 def held_in_any_thread() -> bool:
@@ -287,18 +293,15 @@ class _HupIgnored:
     """SIGHUP ignored (raw sigaction: works in any thread), restored exactly on exit."""
 
     def __enter__(self):
-        self._old = ctypes.create_string_buffer(_SIGACTION_SIZE)
-        ign = ctypes.create_string_buffer(_SIGACTION_SIZE)
-        ctypes.c_void_p.from_buffer(ign).value = int(signal.SIG_IGN)  # sa_handler comes first
-        if _libc.sigaction(int(signal.SIGHUP), ign, self._old) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f'sigaction(SIGHUP): {os.strerror(err)}')
+        c = _c()
+        self._old = c.ctypes.create_string_buffer(_SIGACTION_SIZE)
+        ign = c.ctypes.create_string_buffer(_SIGACTION_SIZE)
+        c.ctypes.c_void_p.from_buffer(ign).value = int(signal.SIG_IGN)  # sa_handler comes first
+        _check(c.lib.sigaction(int(signal.SIGHUP), ign, self._old), 'sigaction(SIGHUP)')
         return self
 
     def __exit__(self, *exc):
-        if _libc.sigaction(int(signal.SIGHUP), self._old, None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f'sigaction(SIGHUP) restore: {os.strerror(err)}')
+        _check(_c().lib.sigaction(int(signal.SIGHUP), self._old, None), 'sigaction(SIGHUP) restore')
         return False
 
 

@@ -435,15 +435,16 @@ def _exit_on_bad_config(previous):
 
 
 def install(engine=None) -> DropPrivileges:
+    """``engine.dropprivs``, unsubscribed, for config files (at import)."""
     engine = cherrypy.engine if engine is None else engine
     existing = getattr(engine, 'dropprivs', None)
     if isinstance(existing, DropPrivileges):
         return existing
-    try:
-        plugin = DropPrivileges(engine)
-    except ValueError:  # no 'nobody' on this system: config must name a user
-        plugin = DropPrivileges(engine, uid=None)
-        plugin._uid = 'nobody'  # still the documented default; resolved (and refused) at start
+    # The default user is resolved at start, not at import: no name-service
+    # lookup (and no NSS module loaded) for a process that never starts it.
+    # Values a config file sets are still checked as they are set.
+    plugin = DropPrivileges(engine, uid=None)
+    plugin._uid = 'nobody'
     engine.dropprivs = plugin
     if not getattr(sys.excepthook, '_dropprivs', False):
         sys.excepthook = _exit_on_bad_config(sys.excepthook)

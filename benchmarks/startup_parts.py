@@ -1,0 +1,140 @@
+"""Where the startup difference goes: a breakdown, this package vs plain CherryPy.
+
+Run as root from the repository root (one command):
+
+    .venv/bin/python benchmarks/startup_parts.py [--rounds 10]
+
+Each round starts two fresh processes on a free privileged port, alternating:
+plain CherryPy and this package, each a one-page site (benchmarks/hello_site's
+shape). Inside the process the steps are timed with time.perf_counter() by
+wrapping them (the code itself is not changed): importing the package, the
+arm listener, each server's start (bind and readiness), the preflight, the
+drop (set*id), the verification, keeping sockets, and the rest of the drop
+listener; a client thread polls the port every 0.5 ms from engine.start() on
+and records the first answer. Prints the medians and, for the total from
+engine.start() to the first answer, the difference to plain CherryPy.
+Not a test: numbers for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'tests'))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+import conftest  # noqa: E402
+from _harness import load_footer, machine_header  # noqa: E402
+
+CHILD = r'''
+import json, os, socket, sys, threading, time
+t_begin = time.perf_counter()
+times = {}
+import cherrypy
+times['import cherrypy'] = time.perf_counter() - t_begin
+ours = sys.argv[2] == 'ours'
+if ours:
+    t = time.perf_counter()
+    import cherrypy_dropprivs
+    from cherrypy_dropprivs import drop, handoff, plugin, preflight
+    times['import cherrypy_dropprivs'] = time.perf_counter() - t
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                times[label] = times.get(label, 0.0) + time.perf_counter() - t0
+        setattr(owner, name, wrapper)
+    timed(plugin.DropPrivileges, '_arm', 'arm listener (10)')
+    timed(plugin.DropPrivileges, 'start', 'drop listener (77), all of it')
+    timed(preflight, 'before_drop', '  preflight (hand files over, check)')
+    timed(plugin, 'carry_out', '  drop (limits, terminal, set ids, caps)')
+    timed(plugin, 'verify', '  verification (ids, threads, children)')
+    timed(preflight, 'after_drop', '  per-thread sweep')
+    timed(handoff, 'restart_warnings', '  restart checks')
+    timed(handoff, 'keep_sockets', '  keep sockets')
+port = int(sys.argv[1])
+cherrypy.config.update({'log.screen': False, 'engine.autoreload.on': False, 'checker.on': False,
+                        'server.socket_host': '127.0.0.1', 'server.socket_port': port})
+class Root:
+    @cherrypy.expose
+    def index(self):
+        return 'hello'
+cherrypy.tree.mount(Root(), '/')
+def mark(label):
+    def listener():
+        times[label] = time.perf_counter() - t_start
+    return listener
+cherrypy.engine.subscribe('start', mark('at priority 11 (after arm)'), priority=11)
+cherrypy.engine.subscribe('start', mark('at priority 76 (servers started)'), priority=76)
+if ours:
+    cherrypy_dropprivs.DropPrivileges(cherrypy.engine, uid='nobody').subscribe()
+first = []
+def poll():
+    while not first:
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=2) as s:
+                s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+                if s.recv(12).startswith(b'HTTP/1.1 200'):
+                    first.append(time.perf_counter())
+        except OSError:
+            time.sleep(0.0005)
+t_start = time.perf_counter()
+threading.Thread(target=poll, daemon=True).start()
+cherrypy.engine.start()
+times['engine.start() returned'] = time.perf_counter() - t_start
+deadline = time.monotonic() + 10
+while not first and time.monotonic() < deadline:
+    time.sleep(0.0005)
+times['engine.start() to first answer'] = first[0] - t_start if first else float('nan')
+print('TIMES ' + json.dumps({k: v * 1000 for k, v in times.items()}), flush=True)
+os._exit(0)
+'''
+
+
+def run(variant: str) -> dict:
+    port = conftest.free_privileged_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, '-c', CHILD, str(port), variant], capture_output=True,
+                         text=True, env=env, timeout=60, cwd='/')
+    for line in out.stdout.splitlines():
+        if line.startswith('TIMES '):
+            return json.loads(line[6:])
+    raise RuntimeError(f'{variant}: no timings\n{out.stdout}\n{out.stderr}')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--rounds', type=int, default=10)
+    args = ap.parse_args()
+    print(machine_header())
+    rounds = {'none': [], 'ours': []}
+    for _ in range(args.rounds):
+        for variant in ('none', 'ours'):
+            rounds[variant].append(run(variant))
+    for variant in ('none', 'ours'):
+        print(f'\n{variant} (medians of {args.rounds}, ms):')
+        keys = list(dict.fromkeys(k for r in rounds[variant] for k in r))
+        for key in keys:
+            print(f'  {key:42s} {statistics.median(r.get(key, 0.0) for r in rounds[variant]):8.2f}')
+    key = 'engine.start() to first answer'
+    plain = statistics.median(r[key] for r in rounds['none'])
+    ours = statistics.median(r[key] for r in rounds['ours'])
+    imp = statistics.median(r['import cherrypy_dropprivs'] for r in rounds['ours'])
+    print(f'\nengine.start() to first answer: plain {plain:.2f} ms, ours {ours:.2f} ms, '
+          f'difference {ours - plain:+.2f} ms; plus importing the package {imp:.2f} ms')
+    print(load_footer())
+
+
+if __name__ == '__main__':
+    main()
