@@ -303,8 +303,10 @@ class DropPrivileges(SimplePlugin):
 
         Only when there is something to take away before serving: root, a
         capability in any thread, no_new_privs to set, or the sockets of a
-        dropped process re-executed by a restart. Otherwise (a process that
-        is not root and holds nothing) the plugin stays out of CherryPy's way.
+        dropped process re-executed by a restart; or a socket from systemd
+        socket activation, which CherryPy's re-exec would otherwise close.
+        Otherwise (a process that is not root and holds nothing) the plugin
+        stays out of CherryPy's way.
         """
         return bool(
             holds_root()
@@ -312,6 +314,7 @@ class DropPrivileges(SimplePlugin):
             or self.no_new_privs
             or KEEPER.adopted_from_exec
             or HANDOFF_ENV in os.environ
+            or os.environ.get('LISTEN_PID') == str(os.getpid())  # fd 3 must outlive a restart
             or (self.record is not None and self.record.outcome == DROPPED)
         )
 

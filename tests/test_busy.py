@@ -190,12 +190,13 @@ def test_sighup_restart_daemonized_with_idle_keepalive_and_a_crowd(spawn, tmp_pa
         try:
             os.kill(first['pid'], signal.SIGHUP)
             back = poller.wait_started(conn, not_boot=first['boot'], timeout=30)
-            pids.add(back['pid'])  # the Daemonizer forks again in the new image
+            pids.add(back['pid'])
         finally:
             crowd.stop()
             idle.close()
         assert 'SIGHUP caught while daemonized. Restarting.' in log.read_text()
         assert back['uids'] == [NOBODY] * 4
+        assert back['pid'] == first['pid']  # a re-executed daemon does not fork again
         assert listen_inode(port) == inode
         assert not crowd.by_root()
         assert_dropped_everywhere(back['pid'])

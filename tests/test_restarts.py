@@ -349,8 +349,8 @@ def test_sighup_restart_when_daemonized(spawn, tmp_path):
 
 
 def stop_daemons(pids: set, pid_file) -> None:
-    """The daemon left the launcher's session (and re-forks on each restart):
-    stop each daemon pid seen, and the one in ``pid_file``, by pid."""
+    """The daemon left the launcher's session: stop each daemon pid seen, and
+    the one in ``pid_file``, by pid."""
     if pid_file.exists() and pid_file.read_text().strip().isdigit():
         pids.add(int(pid_file.read_text()))
     for pid in pids:
@@ -393,6 +393,28 @@ def test_restart_under_systemd_socket_activation(spawn):
     assert len(set(fds)) == 1, fds
     assert_clean(p, min_boots=4)
     assert_dropped_everywhere(proc.pid)
+
+
+def test_never_root_socket_activation_restart(spawn):
+    """The never-root setup: systemd-socket-activate binds the privileged port
+    and starts the site as nobody (no root, no capability: nothing to drop).
+    The activation socket on fd 3 must still outlive engine.restart()."""
+    port = free_privileged_port()
+    proc = spawn([*nobody_can_run(), 'systemd-socket-activate', '-E', 'PYTHONPATH', '-E', 'PYTHONUNBUFFERED',
+                  '-l', f'127.0.0.1:{port}', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+                  '--', sys.executable, str(SITE), '--port', str(port)], ports=[port])
+    conn = poller.tcp('127.0.0.1', port)
+    first = poller.wait_started(conn, timeout=20, alive=proc.alive)
+    assert first['pid'] == proc.pid and first['uids'] == [NOBODY] * 4
+    inode = listen_inode(port)
+    p = poller.Poller(conn, '/boot').start()
+    try:
+        back = restart(conn, first['boot'], get_restart(conn), proc.alive)
+    finally:
+        p.stop()
+    assert back['pid'] == proc.pid
+    assert os.readlink(f'/proc/{proc.pid}/fd/3') == f'socket:[{inode}]'
+    assert_clean(p, min_boots=2)
 
 
 # -- no sockets to adopt -------------------------------------------------------------
