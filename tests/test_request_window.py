@@ -87,14 +87,16 @@ def assert_served_nothing(startup, log: str) -> None:
 
 @needs_root
 def test_no_request_served_as_root_over_several_startups(site, cert, shared_record):
-    """Two servers (HTTPS + HTTP), a mounted app and a grafted WSGI app; 3 startups."""
+    """Two servers (HTTPS + HTTP), a mounted app and a grafted WSGI app; 3 startups.
+    A start listener at 76 sleeps 0.1 s, so that the window between the binds and
+    the drop (a few ms on its own) is wide enough for the pollers to hit."""
     https_port, http_port = two_ports()
     record = shared_record
     for n in range(STARTUPS):
         poller = WindowPoller([https_port, http_port], tls_ports=[https_port], per_port=4)
         startup, proc = run_startup(
             lambda: site(ports=[https_port, http_port], wait=False,
-                         extra=['--ssl', *cert, '--record-listener', str(record)]),
+                         extra=['--ssl', *cert, '--record-listener', str(record), '--slow-start', '0.1']),
             poller,
         )
         try:
@@ -222,7 +224,7 @@ def test_server_starting_before_the_arm_listener_is_held_too(site, option):
     normal, early = two_ports()
     poller = WindowPoller([normal, early], per_port=4)
     startup, proc = run_startup(
-        lambda: site(ports=[normal], wait=False, extra=[option, str(early), '5']),
+        lambda: site(ports=[normal], wait=False, extra=[option, str(early), '5', '--slow-start', '0.1']),
         poller,
     )
     try:

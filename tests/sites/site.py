@@ -126,6 +126,9 @@ def main():
                    metavar=('PORT', 'PRIORITY'),
                    help='one more HTTP server whose start listener runs at PRIORITY '
                         '(e.g. 5: before the drop plugin arms; 80: after the drop)')
+    p.add_argument('--slow-start', type=float, default=0.0, metavar='SECONDS',
+                   help='a start listener at priority 76 (after the servers bind, before the '
+                        'drop) sleeps this long: a wider window for clients to arrive in')
     p.add_argument('--late-server-at', nargs=2, type=int, action='append', default=[],
                    metavar=('PORT', 'PRIORITY'),
                    help='like --server-at, but subscribed after the drop plugin')
@@ -193,6 +196,9 @@ def main():
         cherrypy.engine.subscribe('start', s.start, priority=priority)
         cherrypy.engine.subscribe('stop', s.stop)
 
+    if args.slow_start:
+        import time
+        cherrypy.engine.subscribe('start', lambda: time.sleep(args.slow_start), priority=76)
     if args.record_listener:
         def record():
             with open(args.record_listener, 'a') as f:
