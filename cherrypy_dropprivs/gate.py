@@ -29,6 +29,8 @@ from .handoff import KEEPER, adapter_key, describe, hold_backlog, listening_prob
 
 
 class Gate:
+    """Shut from the arm listener until the drop is verified; every held accept loop waits here."""
+
     def __init__(self) -> None:
         self._open = threading.Event()
         #: Per-thread work (capabilities, no_new_privs) each server thread runs
