@@ -58,15 +58,21 @@ def test_cherryd_with_string_umask(spawn, tmp_path):
 
 
 @needs_root
-def test_cherryd_bad_value_exits_before_binding(spawn, tmp_path):
+@pytest.mark.parametrize('setting, message', [
+    ({'umask': "'089'"}, "ValueError: umask '089' is not octal; accepted: an int in 0..0o777"),
+    ({'require_roots': 'True'},
+     'bad configuration: unknown option engine.dropprivs.require_roots; the options are: uid'),
+], ids=['bad-value', 'unknown-key'])
+def test_cherryd_bad_config_exits_78_before_binding(spawn, tmp_path, setting, message):
+    """A bad value or a misspelt key: one line, status 78, nothing bound or started."""
     port = free_privileged_port()
-    conf = _conf(tmp_path, port, uid="'nobody'", umask="'089'")
+    conf = _conf(tmp_path, port, uid="'nobody'", **setting)
     proc = spawn([sys.executable, CHERRYD, '-P', str(REPO / 'tests' / 'sites'),
                   '-i', 'cherrypy_dropprivs', '-i', 'cherryd_site', '-c', conf], ports=[port])
     status = proc.wait_exit(timeout=10)
     log = proc.log()
     assert status == 78, log
-    assert "ValueError: umask '089' is not octal; accepted: an int in 0..0o777" in log, log
+    assert message in log, log
     assert 'Traceback' not in log, log
     assert 'Serving on' not in log and 'Bus STARTING' not in log, log
 
@@ -141,15 +147,3 @@ def test_config_unknown_key_raises_naming_it(engine_dropprivs, tmp_path, key):
     assert 'require_root, no_new_privs' in str(info.value)
     assert not hasattr(engine_dropprivs, key)
 
-
-@needs_root
-def test_cherryd_unknown_key_exits_78_before_binding(spawn, tmp_path):
-    port = free_privileged_port()
-    conf = _conf(tmp_path, port, uid="'nobody'", require_roots='True')
-    proc = spawn([sys.executable, CHERRYD, '-P', str(REPO / 'tests' / 'sites'),
-                  '-i', 'cherrypy_dropprivs', '-i', 'cherryd_site', '-c', conf], ports=[port])
-    status = proc.wait_exit(timeout=10)
-    log = proc.log()
-    assert status == 78, log
-    assert 'bad configuration: unknown option engine.dropprivs.require_roots; the options are: uid' in log
-    assert 'Traceback' not in log and 'Serving on' not in log and 'Bus STARTING' not in log, log
