@@ -329,22 +329,16 @@ def tls_files(adapter) -> Tuple[Tuple[str, str], ...]:
     Server.start; a ServerAdapter around a ready-made cheroot server carries
     them on its ssl_adapter.
     """
-    found = []
     if getattr(adapter, 'ssl_certificate', None) or getattr(adapter, 'ssl_private_key', None):
-        for role, attr in (('certificate', 'ssl_certificate'), ('private key', 'ssl_private_key'),
-                           ('certificate chain', 'ssl_certificate_chain')):
-            path = getattr(adapter, attr, None)
-            if path:
-                found.append((role, str(path)))
-        return tuple(found)
-    ssl_adapter = getattr(getattr(adapter, 'httpserver', None), 'ssl_adapter', None)
-    if ssl_adapter is not None:
-        for role, attr in (('certificate', 'certificate'), ('private key', 'private_key'),
-                           ('certificate chain', 'certificate_chain')):
-            path = getattr(ssl_adapter, attr, None)
-            if path:
-                found.append((role, str(path)))
-    return tuple(found)
+        source, prefix = adapter, 'ssl_'
+    else:
+        source, prefix = getattr(getattr(adapter, 'httpserver', None), 'ssl_adapter', None), ''
+    if source is None:
+        return ()
+    roles = (('certificate', 'certificate'), ('private key', 'private_key'),
+             ('certificate chain', 'certificate_chain'))
+    return tuple((role, str(getattr(source, prefix + attr)))
+                 for role, attr in roles if getattr(source, prefix + attr, None))
 
 
 def unreadable_tls(servers: Sequence[ServerInfo]) -> List[str]:
@@ -491,14 +485,20 @@ def no_socket_message(problems: Sequence[str], handed_over: bool) -> str:
     )
 
 
-def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
-    """Every ServerAdapter subscribed to the bus's ``start`` channel."""
+def listener_owners(bus, channel: str, cls: type) -> list:
+    """Every ``cls`` plugin with a listener on ``channel`` (a listener this
+    package put in place of a plugin's own names that plugin)."""
     found = []
-    for listener in bus.listeners.get('start', ()):
-        owner = getattr(listener, '__self__', None)
-        if isinstance(owner, cp_servers.ServerAdapter) and owner not in found:
+    for listener in bus.listeners.get(channel, ()):
+        owner = getattr(listener, '__self__', None) or getattr(listener, '_dropprivs_owner', None)
+        if isinstance(owner, cls) and owner not in found:
             found.append(owner)
     return found
+
+
+def server_adapters(bus) -> List[cp_servers.ServerAdapter]:
+    """Every ServerAdapter subscribed to the bus's ``start`` channel."""
+    return listener_owners(bus, 'start', cp_servers.ServerAdapter)
 
 
 def adapter_key(adapter, httpserver=None) -> str:
@@ -585,12 +585,7 @@ def server_infos(adapters) -> List[ServerInfo]:
 
 
 def daemonizers(bus) -> List[Daemonizer]:
-    found = []
-    for listener in bus.listeners.get('start', ()):
-        owner = getattr(listener, '__self__', None)
-        if isinstance(owner, Daemonizer) and owner not in found:
-            found.append(owner)
-    return found
+    return listener_owners(bus, 'start', Daemonizer)
 
 
 def stay_daemonized(bus) -> None:

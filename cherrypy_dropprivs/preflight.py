@@ -77,7 +77,7 @@ def session_paths() -> List[str]:
 
 
 def autoreloaders(bus) -> List[Autoreloader]:
-    return _owners(bus, 'start', Autoreloader)
+    return handoff.listener_owners(bus, 'start', Autoreloader)
 
 
 def watched_files(bus) -> List[str]:
@@ -91,17 +91,8 @@ def watched_files(bus) -> List[str]:
 
 
 def pidfile_plugins(bus) -> List[PIDFile]:
-    return _owners(bus, 'start', PIDFile)
+    return handoff.listener_owners(bus, 'start', PIDFile)
 
-
-def _owners(bus, channel: str, cls) -> list:
-    found = []
-    for listener in bus.listeners.get(channel, ()):
-        # A listener this package put in place of the plugin's own names its plugin.
-        owner = getattr(listener, '__self__', None) or getattr(listener, '_dropprivs_owner', None)
-        if isinstance(owner, cls) and owner not in found:
-            found.append(owner)
-    return found
 
 
 def check(bus, target: Identity) -> List[Finding]:

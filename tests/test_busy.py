@@ -24,7 +24,6 @@ import pytest
 from conftest import (
     HERE,
     NOBODY,
-    SITE,
     free_port,
     free_privileged_port,
     needs_root,
@@ -33,7 +32,7 @@ from conftest import (
     wait_for,
 )
 from crowd import Crowd, IdleClients
-from test_restarts import assert_dropped_everywhere, listen_inode, stop_daemons
+from test_restarts import assert_dropped_everywhere, listen_inode, start_daemonized, stop_daemons
 
 from cherrypy_dropprivs.kernel import thread_creds
 
@@ -170,14 +169,7 @@ def test_autoreload_restart_with_idle_keepalive_and_a_crowd(site, tmp_path):
 def test_sighup_restart_daemonized_with_idle_keepalive_and_a_crowd(spawn, tmp_path):
     """Daemonized, SIGHUP restarts with idle connections and a crowd: back on
     the same socket as nobody, and the daemon is still there."""
-    d = tmp_path / 'daemon'
-    d.mkdir(mode=0o755)
-    log, pid_file = d / 'daemon.log', d / 'daemon.pid'
-    log.touch()
-    os.chown(log, NOBODY, NOBODY)
-    port = free_privileged_port()
-    launcher = spawn([*nobody_can_run(str(d)), sys.executable, str(SITE), '--port', str(port),
-                      '--daemonize', str(log), '--write-pid', str(pid_file)], ports=[port])
+    log, pid_file, port, launcher = start_daemonized(spawn, tmp_path)
     conn = poller.tcp('127.0.0.1', port)
     pids = set()
     try:

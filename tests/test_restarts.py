@@ -320,14 +320,7 @@ def test_autoreload_restart_comes_back_dropped(site, tmp_path):
 def test_sighup_restart_when_daemonized(spawn, tmp_path):
     """Daemonized (CherryPy's Daemonizer; no tty), SIGHUP restarts: the new
     daemon is nobody on every thread and the port never refused a client."""
-    d = tmp_path / 'daemon'
-    d.mkdir(mode=0o755)
-    log, pid_file = d / 'daemon.log', d / 'daemon.pid'
-    log.touch()
-    os.chown(log, NOBODY, NOBODY)  # the re-executed daemon reopens it as nobody
-    port = free_privileged_port()
-    launcher = spawn([*nobody_can_run(str(d)), sys.executable, str(SITE), '--port', str(port),
-                      '--daemonize', str(log), '--write-pid', str(pid_file)], ports=[port])
+    log, pid_file, port, launcher = start_daemonized(spawn, tmp_path)
     conn = poller.tcp('127.0.0.1', port)
     pids = set()
     try:
@@ -346,6 +339,20 @@ def test_sighup_restart_when_daemonized(spawn, tmp_path):
         assert_dropped_everywhere(second['pid'])
     finally:
         stop_daemons(pids, pid_file)
+
+
+def start_daemonized(spawn, tmp_path):
+    """site.py under CherryPy's Daemonizer, as root on a free privileged port;
+    (daemon log, PID file, port, launcher). Stop what it leaves with stop_daemons."""
+    d = tmp_path / 'daemon'
+    d.mkdir(mode=0o755)
+    log, pid_file = d / 'daemon.log', d / 'daemon.pid'
+    log.touch()
+    os.chown(log, NOBODY, NOBODY)  # the re-executed daemon reopens it as nobody
+    port = free_privileged_port()
+    launcher = spawn([*nobody_can_run(str(d)), sys.executable, str(SITE), '--port', str(port),
+                      '--daemonize', str(log), '--write-pid', str(pid_file)], ports=[port])
+    return log, pid_file, port, launcher
 
 
 def stop_daemons(pids: set, pid_file) -> None:
