@@ -11,13 +11,10 @@ No CherryPy imports: drop_privileges() serves code outside the bus too.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import resource
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import kernel
@@ -30,15 +27,14 @@ from .kernel import ThreadCreds, current_umask, thread_creds
 DROPPED, ALREADY_TARGET, NOT_ROOT = 'dropped', 'already-target', 'not-root'
 
 
-@dataclass(frozen=True)
 class Snapshot:
     """The process's identity at one moment (calling thread)."""
 
-    uids: Tuple[int, int, int]
-    gids: Tuple[int, int, int]
-    groups: Tuple[int, ...]
-    umask: int
-    home: Optional[str]
+    __slots__ = ('uids', 'gids', 'groups', 'umask', 'home')
+
+    def __init__(self, uids: Tuple[int, int, int], gids: Tuple[int, int, int],
+                 groups: Tuple[int, ...], umask: int, home: Optional[str]) -> None:
+        self.uids, self.gids, self.groups, self.umask, self.home = uids, gids, groups, umask, home
 
     @classmethod
     def take(cls) -> Snapshot:
@@ -50,17 +46,17 @@ class Snapshot:
         return f'{format_ids(self.uids[1], self.gids[1], self.groups)} umask={self.umask:04o}'
 
 
-@dataclass(frozen=True)
 class DropRecord:
     """Who the process was before and after, and what was done."""
 
-    before: Snapshot
-    after: Snapshot
-    target: Optional[Identity]
-    outcome: str
-    threads_checked: int = 0
-    #: What was done about a controlling terminal before the drop ([] if nothing).
-    terminal: Tuple[str, ...] = ()
+    __slots__ = ('before', 'after', 'target', 'outcome', 'threads_checked', 'terminal')
+
+    def __init__(self, before: Snapshot, after: Snapshot, target: Optional[Identity],
+                 outcome: str, threads_checked: int = 0, terminal: Tuple[str, ...] = ()) -> None:
+        self.before, self.after, self.target, self.outcome = before, after, target, outcome
+        self.threads_checked = threads_checked
+        #: What was done about a controlling terminal before the drop (() if nothing).
+        self.terminal = terminal
 
 
 def classify(plan: Plan) -> str:
@@ -155,7 +151,8 @@ def verify(plan: Plan, record: DropRecord) -> DropRecord:
     if record.outcome == DROPPED or record.terminal:
         verify_no_terminal()
     verify_no_root_children()
-    return dataclasses.replace(record, threads_checked=n)
+    return DropRecord(record.before, record.after, record.target, record.outcome, n,
+                      record.terminal)
 
 
 def drop_privileges(
@@ -397,7 +394,8 @@ def apply_to_existing_threads(
         t.native_id: t for t in threading.enumerate() if t.native_id is not None
     }
     waits = []
-    for creds in thread_creds('self'):
+    swept = thread_creds('self')
+    for creds in swept:
         if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs):
             continue
         t: Any = by_tid.get(creds.tid)
@@ -407,7 +405,7 @@ def apply_to_existing_threads(
     for _task, done, limit in waits:
         done.wait(max(0.0, limit - (time.monotonic() - start)))
     problems = []
-    for creds in thread_creds('self'):
+    for creds in thread_creds('self') if waits else swept:  # read again only after waiting
         lacking = _lacking(creds, clear_caps, no_new_privs)
         if creds.tid == me or not lacking:
             continue
@@ -575,8 +573,8 @@ def check_nproc(uid: int) -> None:
     """Fail closed (PrivilegeDropError) unless ``uid``'s tasks will fit under RLIMIT_NPROC."""
     if uid == 0:
         return
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
-    if soft == resource.RLIM_INFINITY or _tasks_on_system() + later_threads() <= soft:
+    soft = kernel.nproc_soft_limit()
+    if soft is None or _tasks_on_system() + later_threads() <= soft:
         return  # even every task on the system would fit: no scan of /proc
     total, others, mine, later = needed(uid)
     if total > soft:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import Iterable, List, Optional, Protocol, Tuple
 
 #: As the kernel: more symlinks than this in one resolution is ELOOP.
@@ -106,14 +105,14 @@ def _join(parts: List[str]) -> str:
     return '/' + '/'.join(parts)
 
 
-@dataclass
 class Parent:
     """The directory holding a path's last entry, open, checked; close() it."""
 
-    fd: int
-    name: str
-    #: The path as walked: every symlink replaced by its target.
-    real: str
+    __slots__ = ('fd', 'name', 'real')
+
+    def __init__(self, fd: int, name: str, real: str) -> None:
+        #: ``real``: the path as walked, every symlink replaced by its target.
+        self.fd, self.name, self.real = fd, name, real
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -215,13 +214,13 @@ def _check_entry(asked: str, real: str, st: os.stat_result, kinds: Tuple[str, ..
                             + ' (a device, pipe or socket is left as it is)')
 
 
-@dataclass
 class Opened:
     """A path's final entry, open read-only (O_NOFOLLOW) and checked; close() it."""
 
-    fd: int
-    st: os.stat_result
-    real: str
+    __slots__ = ('fd', 'st', 'real')
+
+    def __init__(self, fd: int, st: os.stat_result, real: str) -> None:
+        self.fd, self.st, self.real = fd, st, real
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -640,16 +639,18 @@ CHOWN_UNSAFE = (
 )
 
 
-@dataclass(frozen=True)
 class Finding:
-    """One thing the dropped process will not be able to do."""
+    """One thing the dropped process will not be able to do.
 
-    kind: str  # 'log', 'session', 'autoreload', 'tls', 'pidfile', 'chown'
-    path: str
-    message: str
-    #: 'warning': the dropped process will fail at something; 'note': expected
-    #: and safe, said once (a PID file root wrote stays behind after a stop).
-    severity: str = 'warning'
+    ``kind``: 'log', 'session', 'autoreload', 'tls', 'pidfile' or 'chown'.
+    ``severity``: 'warning', the dropped process will fail at something; or
+    'note', expected and safe, said once (a PID file root wrote stays behind).
+    """
+
+    __slots__ = ('kind', 'path', 'message', 'severity')
+
+    def __init__(self, kind: str, path: str, message: str, severity: str = 'warning') -> None:
+        self.kind, self.path, self.message, self.severity = kind, path, message, severity
 
     def __str__(self) -> str:
         return self.message

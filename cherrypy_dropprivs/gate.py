@@ -14,7 +14,6 @@ Per server: ``bind``/``bind_unix_socket`` adopt a kept socket (handoff),
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
 import errno
 import threading
 import time

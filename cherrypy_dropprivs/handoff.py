@@ -15,13 +15,11 @@ traceback from deep inside CherryPy or cheroot.
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  cheroot's stop() needs it; the stdlib may be out of reach later
 import ipaddress
 import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import portend
@@ -31,7 +29,6 @@ from cherrypy.process.plugins import Daemonizer
 
 from . import patches
 from .errors import EXIT_DROP_FAILED, exit_now
-from .files import TLS_NOT_READABLE
 from .identity import format_ids, group_name
 
 #: Environment variable that carries the kept sockets across execv.
@@ -306,16 +303,17 @@ KEEPER = SocketKeeper()
 CAP_NET_BIND_SERVICE = 10
 
 
-@dataclass(frozen=True)
 class ServerInfo:
-    """What the checks need to know about one server."""
+    """What the checks need to know about one server: ``has_socket``, a kept
+    (inherited or earlier) listening socket will be adopted; ``tls_files``,
+    (role, path) of each TLS file the server reads when it starts."""
 
-    description: str
-    bind_addr: Union[tuple, str, bytes, None]
-    #: A kept (inherited or earlier) listening socket will be adopted.
-    has_socket: bool
-    #: (role, path) of each TLS file the server reads when it starts.
-    tls_files: Tuple[Tuple[str, str], ...] = ()
+    __slots__ = ('description', 'bind_addr', 'has_socket', 'tls_files')
+
+    def __init__(self, description: str, bind_addr: Union[tuple, str, bytes, None],
+                 has_socket: bool, tls_files: Tuple[Tuple[str, str], ...] = ()) -> None:
+        self.description, self.bind_addr = description, bind_addr
+        self.has_socket, self.tls_files = has_socket, tls_files
 
 
 def whoami() -> str:
@@ -349,6 +347,8 @@ def unreadable_tls(servers: Sequence[ServerInfo]) -> List[str]:
     for server in servers:
         for role, path in server.tls_files:
             if not os.access(path, os.R_OK):
+                from .files import TLS_NOT_READABLE
+
                 why = 'it does not exist' if not os.path.exists(path) else 'permission denied'
                 out.append(TLS_NOT_READABLE.format(
                     which=role, path=path, user=whoami(), group=group_name(gid) or str(gid),

@@ -15,28 +15,28 @@ import functools
 import os
 import signal
 import stat
-import termios
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple, Union
 
 
-@dataclass(frozen=True)
 class ThreadCreds:
-    """One thread's credentials as the kernel reports them."""
+    """One thread's credentials as the kernel reports them.
 
-    tid: int
-    name: str
-    uids: Tuple[int, int, int, int]  # real, effective, saved, filesystem
-    gids: Tuple[int, int, int, int]
-    groups: Tuple[int, ...]
-    cap_inh: int
-    cap_prm: int
-    cap_eff: int
-    cap_bnd: int
-    cap_amb: int
-    no_new_privs: bool
-    umask: int
+    A plain class (not a dataclass): every dataclass costs ~0.3 ms at import.
+    """
+
+    __slots__ = ('tid', 'name', 'uids', 'gids', 'groups', 'cap_inh', 'cap_prm', 'cap_eff',
+                 'cap_bnd', 'cap_amb', 'no_new_privs', 'umask')
+
+    def __init__(self, tid: int, name: str, uids: Tuple[int, int, int, int],
+                 gids: Tuple[int, int, int, int], groups: Tuple[int, ...], cap_inh: int,
+                 cap_prm: int, cap_eff: int, cap_bnd: int, cap_amb: int, no_new_privs: bool,
+                 umask: int) -> None:
+        self.tid, self.name = tid, name
+        self.uids, self.gids, self.groups = uids, gids, groups  # real, effective, saved, fs
+        self.cap_inh, self.cap_prm, self.cap_eff = cap_inh, cap_prm, cap_eff
+        self.cap_bnd, self.cap_amb = cap_bnd, cap_amb
+        self.no_new_privs, self.umask = no_new_privs, umask
 
 
 def parse_status(text: str) -> Dict[str, str]:
@@ -315,6 +315,8 @@ def give_up() -> List[str]:
     fd = _ctty_fd()
     if fd is None:
         return []
+    import termios  # only with a terminal: one module less in every other process
+
     done = []
     try:
         nr = tty_nr()
@@ -354,3 +356,23 @@ def give_up() -> List[str]:
     finally:
         os.close(fd)
     return done
+
+
+def nproc_soft_limit() -> Optional[int]:
+    """RLIMIT_NPROC's soft limit, None if unlimited.
+
+    Read from /proc/self/limits rather than through the ``resource`` module,
+    which would stay loaded in the site for this one call.
+    """
+    try:
+        with open('/proc/self/limits') as f:
+            for line in f:
+                if line.startswith('Max processes '):
+                    text = line.split()[2]
+                    return None if text == 'unlimited' else int(text)
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    return None if limit == resource.RLIM_INFINITY else limit

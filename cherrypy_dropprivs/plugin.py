@@ -13,7 +13,6 @@ ends the process with EXIT_BAD_CONFIG and one line.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -260,7 +259,7 @@ class DropPrivileges(SimplePlugin):
         if plan.require_root and not holds_root() and KEEPER.proves_root_start():
             # Re-executed by our own restart: root was checked (and dropped)
             # before the exec, and a socket only root could bind proves it.
-            plan = dataclasses.replace(plan, require_root=False)
+            plan = plan.replace(require_root=False)
         try:
             return plan, classify(plan)
         except PrivilegeDropError as e:

@@ -16,24 +16,31 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+import stat
+import sys
+from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import cherrypy
 from cherrypy import _cplogging
 from cherrypy.process.plugins import Autoreloader, PIDFile
 
-from . import drop, files, handoff, patches
+from . import drop, handoff, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
-from .files import Finding, UnsafePath, hand_over_or_raise, open_append
 from .identity import Identity
 
+if TYPE_CHECKING:
+    from .files import Finding
 
-@dataclass
+
 class Report:
-    handed_over: List[str] = field(default_factory=list)
-    findings: List[Finding] = field(default_factory=list)
+    """What the preflight handed over to the target, and what it found."""
+
+    __slots__ = ('handed_over', 'findings')
+
+    def __init__(self) -> None:
+        self.handed_over: List[str] = []
+        self.findings: List[Finding] = []
 
 
 def log_managers() -> list:
@@ -97,13 +104,19 @@ def pidfile_plugins(bus) -> List[PIDFile]:
 
 def check(bus, target: Identity) -> List[Finding]:
     """What ``target`` could not do with the files this process uses; changes nothing."""
+    logs, sessions, watched, pidfiles = (
+        log_files(), session_paths(), watched_files(bus), pidfile_plugins(bus))
+    if not (logs or sessions or watched or pidfiles):
+        return []  # and the path checks stay unloaded (memory)
+    from . import files
+
     out: List[Finding] = []
-    out += [f for f in map(lambda p: files.check_log_file(p, target), log_files()) if f]
-    out += [f for f in map(lambda p: files.check_session_path(p, target), session_paths()) if f]
-    watched = files.check_watched_files(watched_files(bus), target)
-    if watched:
-        out.append(watched)
-    out += [f for f in (files.check_pidfile(pf.pidfile, target) for pf in pidfile_plugins(bus)) if f]
+    out += [f for f in map(lambda p: files.check_log_file(p, target), logs) if f]
+    out += [f for f in map(lambda p: files.check_session_path(p, target), sessions) if f]
+    found = files.check_watched_files(watched, target)
+    if found:
+        out.append(found)
+    out += [f for f in (files.check_pidfile(pf.pidfile, target) for pf in pidfiles) if f]
     return out
 
 
@@ -115,7 +128,13 @@ def log_stream_problems(target: Identity) -> List[str]:
     path refused when the config was applied (install, below) counts too.
     """
     bad = dict(refused())
-    for h in file_handlers():
+    handlers = file_handlers()
+    if not (bad or handlers):
+        return []
+    from . import files
+    from .files import UnsafePath
+
+    for h in handlers:
         path = os.path.abspath(h.baseFilename)
         stream = getattr(h, 'stream', None)
         if path in bad:
@@ -147,6 +166,14 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
     log file, PID file or ``chown`` path that is not safe for root to act on.
     """
     report = Report()
+    if not (file_handlers() or refused() or chown or pidfile_plugins(bus)):
+        report.findings += check(bus, target)  # nothing to hand over or secure
+        for lm in log_managers():
+            make_reopen_safe(bus, lm)
+        return report
+    from . import files
+    from .files import UnsafePath, hand_over_or_raise
+
     user = target.user or str(target.uid)
     unsafe: List[str] = log_stream_problems(target)
     if unsafe:  # nothing is handed over from a process that holds an unsafe stream
@@ -241,6 +268,9 @@ def secure_daemonizer_files(bus) -> None:
     given ``/proc/self/fd/N``, which reopens exactly that file. An unsafe path
     fails the start closed. Call from the arm listener, as root.
     """
+    from . import files
+    from .files import UnsafePath, open_append
+
     for d in handoff.daemonizers(bus):
         for attr in ('stdin', 'stdout', 'stderr'):
             path = getattr(d, attr, None)
@@ -287,6 +317,9 @@ def write_pidfile(bus, plugin: PIDFile) -> None:
     as it is. A refusal ends the process at once with one CRITICAL line: the
     servers start next (75), and the bus would go on to start them.
     """
+    from . import files
+    from .files import UnsafePath
+
     pid = os.getpid()
     path = os.path.abspath(plugin.pidfile)
     data = f'{pid}\n'.encode()
@@ -325,6 +358,8 @@ def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> NoReturn:
 
 def pidfile_problem(path: str) -> Optional[str]:
     """Why root could not safely write the PID file ``path`` (the check command)."""
+    from . import files
+
     return files.problem(path)
 
 
@@ -420,6 +455,8 @@ def install() -> None:
     def _add_builtin_file_handler(self, log, fname):
         if os.geteuid() != 0:
             return original_add(self, log, fname)
+        from .files import UnsafePath, open_append
+
         path = os.path.abspath(fname)
         try:
             fd = open_append(path)
@@ -440,6 +477,35 @@ def install() -> None:
     patches.replace(cls, '_set_file_handler', _set_file_handler, keep=True)
 
 
+def _readable_by_others(path: str) -> bool:
+    """Every directory on the way searchable by others, and the file readable."""
+    d = '/'
+    try:
+        for part in path.split('/')[1:-1]:
+            d = os.path.join(d, part)
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def import_what_the_target_could_not() -> None:
+    """Import now, as root, the stdlib modules the site imports only later.
+
+    cheroot's stop() calls getaddrinfo(), which imports encodings.idna on
+    first use; a standard library the target cannot read (a Python under
+    /root) would make every later stop or restart fail. Where it can read it,
+    nothing is imported ahead of need.
+    """
+    import encodings
+
+    if 'encodings.idna' not in sys.modules:
+        path = os.path.realpath(os.path.join(encodings.__path__[0], 'idna.py'))
+        if not _readable_by_others(path):
+            import encodings.idna  # noqa: F401
+
+
 def before_drop(plugin, plan: Plan, outcome: str) -> None:
     """Hand files over and warn; only a drop from root changes ownership."""
     if outcome != DROPPED:
@@ -447,6 +513,7 @@ def before_drop(plugin, plan: Plan, outcome: str) -> None:
             make_reopen_safe(plugin.bus, lm)
         return
     target = target_of(plan)
+    import_what_the_target_could_not()
     report = prepare(plugin.bus, target, plugin.chown_logs, plugin.chown)
     user = target.user or str(target.uid)
     if report.handed_over:
