@@ -268,10 +268,10 @@ def secure_daemonizer_files(bus) -> None:
     given ``/proc/self/fd/N``, which reopens exactly that file. An unsafe path
     fails the start closed. Call from the arm listener, as root.
     """
-    from . import files
-    from .files import UnsafePath, open_append
-
     for d in handoff.daemonizers(bus):
+        from . import files
+        from .files import UnsafePath, open_append
+
         for attr in ('stdin', 'stdout', 'stderr'):
             path = getattr(d, attr, None)
             if not path or os.path.realpath(path) == os.devnull or str(path).startswith('/proc/self/fd/'):
