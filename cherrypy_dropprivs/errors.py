@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional
 
 #: Exit status when the drop or its verification fails (sysexits EX_NOPERM).
 EXIT_DROP_FAILED = 77
@@ -58,12 +58,22 @@ class VerificationError(PrivilegeDropError):
     """The kernel's view after the drop differs from the target."""
 
 
+#: Called with the failure line just before exit_now ends the process (e.g.
+#: the systemd notifier sends it as STATUS=). Must not raise.
+LAST_WORDS: List[Callable[[str], None]] = []
+
+
 def exit_now(log: Callable[..., None], msg: str, status: int) -> NoReturn:
     """Log one CRITICAL line, flush every log handler and stream, and end the
     process at once (``os._exit``): CherryPy's bus would otherwise go on to run
     later listeners, as root. ``log`` is ``bus.log``."""
-    log(f'dropprivs: FAILED: {msg}; exiting with status {status} before serving',
-        level=logging.CRITICAL)
+    line = f'dropprivs: FAILED: {msg}; exiting with status {status} before serving'
+    log(line, level=logging.CRITICAL)
+    for last_words in LAST_WORDS:
+        try:
+            last_words(line)
+        except Exception:
+            pass
     for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
         for handler in getattr(logger, 'handlers', ()):
             try:

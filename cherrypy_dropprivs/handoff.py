@@ -65,6 +65,8 @@ class SocketKeeper:
         self.daemonized = False
         #: True once prepare_exec has put the activation socket back on fd 3.
         self._fd3_handed = False
+        #: Other descriptors the re-executed image inherits (the notify socket).
+        self.also_inherit: Set[int] = set()
 
     def __contains__(self, key: str) -> bool:
         return key in self._kept
@@ -129,6 +131,11 @@ class SocketKeeper:
         """Undo the close-on-exec that CherryPy's _set_cloexec() puts on every fd."""
         for s in self._kept.values():
             os.set_inheritable(s.fileno(), True)
+        for fd in self.also_inherit:
+            try:
+                os.set_inheritable(fd, True)
+            except OSError:
+                pass
         if self._fd3_handed:
             os.set_inheritable(3, True)
 
@@ -544,6 +551,11 @@ class _PortendWithKeptSockets:
 def patch_port_checks() -> None:
     if not patches.replaced(cp_servers, 'portend'):
         patches.replace(cp_servers, 'portend', _PortendWithKeptSockets())
+
+
+def execv_handoff_installed(bus) -> bool:
+    """Whether the bus's re-exec carries kept descriptors (see install_execv_handoff)."""
+    return patches.replaced(bus, '_set_cloexec')
 
 
 def install_execv_handoff(bus) -> None:

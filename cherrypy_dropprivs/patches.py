@@ -39,6 +39,8 @@ TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ('cherrypy._cplogging.LogManager (class)', '_add_builtin_file_handler, _set_file_handler', 'preflight',
      'log files opened through the safe walk, as root'),
     ('bus "graceful" listener', 'LogManager.reopen_files', 'preflight', 'a reopen that cannot hang'),
+    ('cheroot.connections.ConnectionManager (instance)', '_expire', 'liveness',
+     'the accept loop\'s heartbeat for the systemd watchdog (only with WATCHDOG_USEC)'),
     ('bus "exit" listener', 'PIDFile.exit', 'preflight', 'say when the PID file cannot be removed'),
 )
 

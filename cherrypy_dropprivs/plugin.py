@@ -53,6 +53,20 @@ from .identity import (
 #: anything is written or bound.
 ARM_PRIORITY = 10
 
+#: systemd's Type=notify socket, and our own re-exec's private copy of it
+#: (notify.ENV): only when one is set is the notify code imported at all.
+NOTIFY_VARIABLES = ('NOTIFY_SOCKET', 'CHERRYPY_DROPPRIVS_NOTIFY')
+
+
+def _systemd_readiness():
+    """The process's systemd notifier (readiness.Readiness), or None when
+    systemd did not ask for one: then nothing is imported or sent."""
+    if 'cherrypy_dropprivs.readiness' not in sys.modules and not any(
+            name in os.environ for name in NOTIFY_VARIABLES):
+        return None
+    from . import readiness
+    return readiness.current()
+
 
 def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
@@ -147,6 +161,8 @@ class DropPrivileges(SimplePlugin):
         #: The plan and its outcome, decided once per start by the arm listener.
         self._plan: Optional[Plan] = None
         self._outcome = NOT_ROOT
+        #: Tells systemd (Type=notify) how the start goes; None without NOTIFY_SOCKET.
+        self._systemd: Any = None
         self.uid = uid
         self.gid = gid
         self.groups = groups
@@ -219,6 +235,8 @@ class DropPrivileges(SimplePlugin):
         self.bus.unsubscribe('start', self.arm)
         self.bus.unsubscribe('start', self.start)
         self._subscribed = False
+        if self._systemd is not None:
+            self._systemd.unsubscribe()
         self.gate.open()  # no plugin, no drop: servers held for it must not wait forever
         patches.undo()
 
@@ -230,6 +248,11 @@ class DropPrivileges(SimplePlugin):
             self._fail(f'holding the servers until the drop: {e!r}', EXIT_DROP_FAILED)
 
     def _arm(self) -> None:
+        # Read before anything can fail, so that a failure reaches systemd
+        # too, and while root: the socket is connected before the drop.
+        self._systemd = _systemd_readiness()
+        if self._systemd is not None:
+            self._systemd.subscribe(self.bus)
         # Threads started from here on (servers, workers, plugins) inherit an
         # empty inheritable set; older ones are swept at the drop.
         kernel.clear_inheritable()
@@ -322,12 +345,17 @@ class DropPrivileges(SimplePlugin):
         try:
             adapters = handoff.server_adapters(self.bus)
             self._check_servers_held(adapters)
+            if self._systemd is not None:
+                self._systemd.before_drop(KEEPER.daemonized or any(
+                    d.finalized for d in handoff.daemonizers(self.bus)))
             if self.record is None:
                 self.record = self._first_drop()
                 self._warn_what_a_restart_would_trip_over(adapters)
             else:
                 self._again(self.record)
             self._keep_sockets_for_restarts(adapters)
+            if self._systemd is not None:  # READY=1 once the bus is STARTED
+                self._systemd.started(self.record, adapters)
         except Exception as e:  # any failure at all: fail closed
             self._fail(f'{e}', EXIT_DROP_FAILED)
         self.gate.open()
@@ -428,8 +456,14 @@ def _exit_on_bad_config(previous):
         if not _is_bad_config(exc):
             return previous(exc_type, exc, tb)
         detail = str(exc) if isinstance(exc, ConfigError) else f'{exc_type.__name__}: {exc}'
-        print(f'cherrypy_dropprivs: bad configuration: {detail}; exiting with status '
-              f'{EXIT_BAD_CONFIG} before anything was bound', file=sys.stderr, flush=True)
+        line = (f'cherrypy_dropprivs: bad configuration: {detail}; exiting with status '
+                f'{EXIT_BAD_CONFIG} before anything was bound')
+        print(line, file=sys.stderr, flush=True)
+        if any(name in os.environ for name in NOTIFY_VARIABLES):
+            from .notify import from_environment
+            notifier = from_environment()
+            if notifier is not None:
+                notifier.send(f'STATUS={line}')
         os._exit(EXIT_BAD_CONFIG)
 
     excepthook._dropprivs = True  # type: ignore[attr-defined]

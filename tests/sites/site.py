@@ -14,6 +14,8 @@ import cherrypy
 
 #: Unique per process image: changes on every re-exec (restart), unlike the pid.
 BOOT = os.urandom(8).hex()
+#: Never set: /hang blocks on it.
+HUNG = threading.Event()
 
 
 def thread_identity():
@@ -87,6 +89,21 @@ class Root:
     def graceful(self):
         threading.Timer(0.05, cherrypy.engine.graceful).start()
         return 'graceful'
+
+    @cherrypy.expose
+    def hang(self):
+        """Block this worker (bounded): a site whose every worker hangs."""
+        HUNG.wait(30)
+        return 'released'
+
+    @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def child_env(self):
+        """The environment a child process the site starts now inherits."""
+        import subprocess
+        out = subprocess.run(['env', '-0'], capture_output=True, timeout=10).stdout
+        env = dict(kv.split('=', 1) for kv in out.decode(errors='replace').split('\0') if '=' in kv)
+        return {k: v for k, v in env.items() if 'NOTIFY' in k or 'WATCHDOG' in k}
 
 
 def wsgi_whoami(environ, start_response):
