@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import kernel
+from . import kernel, nameservice
 from .errors import PrivilegeDropError, VerificationError
 from .identity import Identity, IdSpec, Plan, format_ids, make_plan
 from .kernel import ThreadCreds, current_umask, thread_creds
@@ -116,6 +116,7 @@ def carry_out(plan: Plan) -> DropRecord:
     Thread-wide checks are left to the caller, which may first have to act
     in other threads (capabilities and no_new_privs are per thread).
     """
+    nameservice.reap()  # the lookup's child, still root, must not outlive the drop
     before = Snapshot.take()
     outcome = classify(plan)
     # Checked before anything changes: over the limit, the dropped process

@@ -12,7 +12,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from . import nameservice
 
 IdSpec = Union[int, str]
 
@@ -75,14 +77,30 @@ class Identity(_Value):
         return format_ids(self.uid, self.gid, self.groups)
 
 
+#: Names of ids, learnt with each identity lookup (for log lines) or asked here.
+_NAMES: Dict[Tuple[str, int], Optional[str]] = {}
+
+
 def user_name(uid: int) -> Optional[str]:
+    if ('u', uid) not in _NAMES:
+        _NAMES['u', uid] = _lookup_user_name(uid)
+    return _NAMES['u', uid]
+
+
+def group_name(gid: int) -> Optional[str]:
+    if ('g', gid) not in _NAMES:
+        _NAMES['g', gid] = _lookup_group_name(gid)
+    return _NAMES['g', gid]
+
+
+def _lookup_user_name(uid: int) -> Optional[str]:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return None
 
 
-def group_name(gid: int) -> Optional[str]:
+def _lookup_group_name(gid: int) -> Optional[str]:
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -130,15 +148,83 @@ def _check_range(what: str, num: int, shown: object) -> int:
     return num
 
 
-def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
-    """Return (uid, passwd entry or None) for a user name or number."""
+#: What a lookup keeps of a password entry: (name, uid, gid, home, shell).
+Entry = Tuple[str, int, int, str, str]
+
+
+def resolve_uid(value: IdSpec) -> Tuple[int, Optional[Entry]]:
+    """Return (uid, password entry or None) for a user name or number."""
     _check_type('uid', value)
+    return nameservice.ask(_lookup_uid, value)
+
+
+def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
+    """Return the gid for a group name or number."""
+    _check_type(what, value)
+    return nameservice.ask(_lookup_gid, value, what)
+
+
+def check_id_form(what: str, value: object) -> None:
+    """The checks of a user or group that need no lookup (type, length)."""
+    _check_type(what, value)
+
+
+def check_groups_type(groups: object) -> Optional[Tuple[IdSpec, ...]]:
+    """The checks of ``groups`` that need no lookup; the entries as a tuple."""
+    if groups is None:
+        return None
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple, set, frozenset)):
+        raise TypeError(
+            f'groups must be a list of group names or numbers (e.g. [\'adm\', 4]), '
+            f'[] for none, or None for the user\'s groups; got {groups!r}'
+        )
+    for g in groups:
+        _check_type('groups entry', g)
+    return tuple(groups)
+
+
+def check_groups_form(groups: Optional[Sequence[IdSpec]]) -> Optional[Tuple[int, ...]]:
+    """Validate an explicit ``groups`` list and resolve every entry."""
+    entries = check_groups_type(groups)
+    return None if entries is None else nameservice.ask(_lookup_groups, entries)
+
+
+def resolve_identity(
+    uid: IdSpec,
+    gid: Optional[IdSpec] = None,
+    groups: Optional[Sequence[IdSpec]] = None,
+) -> Identity:
+    """Resolve the full target identity, refusing anything ambiguous.
+
+    - ``gid`` None: the user's primary group from the password database.
+    - ``groups`` None: the user's groups from the group database (as
+      ``id USER``); ``[]``: the primary group only; a list: the primary group
+      plus exactly those.
+    - A numeric uid with no passwd entry needs ``gid``; it gets the primary
+      group only and ``HOME=/``.
+
+    Asked of the name service from a child process (see nameservice), which
+    also names the ids this process now has, for the log lines.
+    """
+    _check_type('uid', uid)
+    if gid is not None:
+        _check_type('gid', gid)
+    entries = check_groups_type(groups)
+    shown = (tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups()))
+    fields, names = nameservice.ask(_lookup_identity, uid, gid, entries, shown)
+    _NAMES.update(names)
+    return Identity(*fields)
+
+
+# -- the lookups themselves: run in the child (see nameservice), plain data out --
+
+def _lookup_uid(value: IdSpec) -> Tuple[int, Optional[Entry]]:
     shown = value
     if isinstance(value, str):
         if not value:
             raise ValueError(f'uid is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
         try:
-            entry = pwd.getpwnam(value)
+            pw = pwd.getpwnam(value)
         except KeyError:
             if not (value.isascii() and value.isdigit()):
                 raise ValueError(
@@ -147,17 +233,19 @@ def resolve_uid(value: IdSpec) -> Tuple[int, Optional[pwd.struct_passwd]]:
                 ) from None
             value = int(value)
         else:
-            return _check_range('uid', entry.pw_uid, value), entry
+            return _check_range('uid', pw.pw_uid, value), _entry(pw)
     uid = _check_range('uid', value, shown)
     try:
-        return uid, pwd.getpwuid(uid)
+        return uid, _entry(pwd.getpwuid(uid))
     except KeyError:
         return uid, None
 
 
-def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
-    """Return the gid for a group name or number."""
-    _check_type(what, value)
+def _entry(pw: pwd.struct_passwd) -> Entry:
+    return pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell
+
+
+def _lookup_gid(value: IdSpec, what: str = 'gid') -> int:
     shown = value
     if isinstance(value, str):
         if not value:
@@ -174,71 +262,52 @@ def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
     return _check_range(what, value, shown)
 
 
-def check_groups_form(groups: Optional[Sequence[IdSpec]]) -> Optional[Tuple[int, ...]]:
-    """Validate an explicit ``groups`` list and resolve every entry."""
-    if groups is None:
-        return None
-    if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple, set, frozenset)):
-        raise TypeError(
-            f'groups must be a list of group names or numbers (e.g. [\'adm\', 4]), '
-            f'[] for none, or None for the user\'s groups; got {groups!r}'
-        )
-    return tuple(resolve_gid(g, what='groups entry') for g in groups)
+def _lookup_groups(entries: Tuple[IdSpec, ...]) -> Tuple[int, ...]:
+    return tuple(_lookup_gid(g, what='groups entry') for g in entries)
 
 
-def resolve_identity(
+def _lookup_identity(
     uid: IdSpec,
-    gid: Optional[IdSpec] = None,
-    groups: Optional[Sequence[IdSpec]] = None,
-) -> Identity:
-    """Resolve the full target identity, refusing anything ambiguous.
-
-    - ``gid`` None: the user's primary group from the password database.
-    - ``groups`` None: the user's groups from the group database (as
-      ``id USER``); ``[]``: the primary group only; a list: the primary group
-      plus exactly those.
-    - A numeric uid with no passwd entry needs ``gid``; it gets the primary
-      group only and ``HOME=/``.
-    """
-    num_uid, entry = resolve_uid(uid)
-    extra = check_groups_form(groups)
+    gid: Optional[IdSpec],
+    groups: Optional[Tuple[IdSpec, ...]],
+    shown: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]],
+) -> Tuple[tuple, Dict[Tuple[str, int], Optional[str]]]:
+    """The Identity's fields, and the names of its ids and of ``shown``'s."""
+    num_uid, entry = _lookup_uid(uid)
+    extra = None if groups is None else _lookup_groups(groups)
     if gid is None:
         if entry is None:
             raise ValueError(
                 f'uid {uid!r} has no entry in the password database, so it has no primary '
                 f'group: give gid as well (a group name or number)'
             )
-        num_gid = _check_range('primary group of user ' + entry.pw_name, entry.pw_gid, entry.pw_gid)
+        num_gid = _check_range('primary group of user ' + entry[0], entry[2], entry[2])
     else:
-        num_gid = resolve_gid(gid)
+        num_gid = _lookup_gid(gid)
 
     if extra is None:
         if entry is not None:
-            found = os.getgrouplist(entry.pw_name, num_gid)
+            found = os.getgrouplist(entry[0], num_gid)
             for g in found:
                 if g == 0:
                     raise ValueError(
-                        f'user {entry.pw_name!r} is a member of the root group (gid 0) in the '
+                        f'user {entry[0]!r} is a member of the root group (gid 0) in the '
                         f'group database; pass groups=[...] explicitly to choose its groups'
                     )
             extra = tuple(found)
         else:
             extra = ()
-    ordered = [num_gid] + [g for g in dict.fromkeys(extra) if g != num_gid]
+    ordered = tuple([num_gid] + [g for g in dict.fromkeys(extra) if g != num_gid])
 
     if entry is not None:
-        name, home, shell = entry.pw_name, entry.pw_dir or '/', entry.pw_shell or '/bin/sh'
+        name, home, shell = entry[0], entry[3] or '/', entry[4] or '/bin/sh'
     else:
         name, home, shell = None, '/', '/bin/sh'
-    return Identity(
-        uid=num_uid,
-        gid=num_gid,
-        groups=tuple(ordered),
-        user=name,
-        group=group_name(num_gid),
-        home=home,
-        shell=shell,
-    )
+    uids, gids, groups_now = shown
+    names: Dict[Tuple[str, int], Optional[str]] = {('u', u): _lookup_user_name(u) for u in {num_uid, *uids}}
+    names.update({('g', g): _lookup_group_name(g) for g in {num_gid, *ordered, *gids, *groups_now}})
+    fields = (num_uid, num_gid, ordered, name, names['g', num_gid], home, shell)
+    return fields, names
 
 
 ACCEPTED = "an int in 0..0o777, an octal string such as '027' or '0o027', or None"

@@ -42,6 +42,8 @@ from .identity import (
     Plan,
     check_chown,
     check_groups_form,
+    check_groups_type,
+    check_id_form,
     make_plan,
     parse_umask,
     resolve_gid,
@@ -91,6 +93,17 @@ def _check_groups(name: str, value: Optional[Sequence[IdSpec]]) -> Optional[List
     return None if value is None else list(value)
 
 
+def _id_form(name: str, value: Optional[IdSpec]) -> Optional[IdSpec]:
+    if value is not None:
+        check_id_form(name, value)
+    return value
+
+
+def _groups_form(name: str, value: Optional[Sequence[IdSpec]]) -> Optional[List[IdSpec]]:
+    check_groups_type(value)
+    return None if value is None else list(value)
+
+
 def _check_umask(name: str, value: Union[int, str, None]) -> Optional[int]:
     return parse_umask(value)
 
@@ -112,11 +125,14 @@ class Option:
     """One option of DropPrivileges: checked as it is set (in the constructor,
     as an attribute, or from a config file as ``engine.dropprivs.<name>``),
     so bad input fails before anything binds. ``check(name, value)`` returns
-    what to store or raises ValueError/TypeError; ``after(plugin)`` reacts."""
+    what to store or raises ValueError/TypeError; ``after(plugin)`` reacts.
+    ``form``, if given, is the check without name-service lookups, used in the
+    constructor, whose plan then looks every name up in one go."""
 
     def __init__(self, check: Callable[[str, Any], Any],
-                 after: Optional[Callable[[Any], None]] = None) -> None:
-        self.check, self.after = check, after
+                 after: Optional[Callable[[Any], None]] = None,
+                 form: Optional[Callable[[str, Any], Any]] = None) -> None:
+        self.check, self.after, self.form = check, after, form
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name, self.slot = name, '_' + name
@@ -125,7 +141,8 @@ class Option:
         return self if plugin is None else getattr(plugin, self.slot)
 
     def __set__(self, plugin: Any, value: Any) -> None:
-        setattr(plugin, self.slot, self.check(self.name, value))
+        check = self.form if self.form and plugin.__dict__.get('_constructing') else self.check
+        setattr(plugin, self.slot, check(self.name, value))
         if self.after is not None:
             self.after(plugin)
 
@@ -152,6 +169,7 @@ class DropPrivileges(SimplePlugin):
         chown: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__(bus)
+        self._constructing = True  # options are looked up together, by self.plan() below
         self._subscribed = False
         #: Whether this start holds the servers (decided at arm; see _must_hold).
         self._holding = True
@@ -172,7 +190,8 @@ class DropPrivileges(SimplePlugin):
         self.priority = priority
         self.chown_logs = chown_logs
         self.chown = chown
-        self.plan()  # the combination too, now, before anything binds
+        self.plan()  # every name looked up, and the combination checked, before anything binds
+        self._constructing = False
 
     # -- options: each value is checked as it is set (also from config) ---
 
@@ -192,9 +211,9 @@ class DropPrivileges(SimplePlugin):
             e.dropprivs_option = name  # type: ignore[union-attr]  # exit 78 if uncaught
             raise
 
-    uid = Option(_check_uid)
-    gid = Option(_check_gid)
-    groups = Option(_check_groups)
+    uid = Option(_check_uid, form=_id_form)
+    gid = Option(_check_gid, form=_id_form)
+    groups = Option(_check_groups, form=_groups_form)
     umask = Option(_check_umask)
     require_root = Option(_flag)
     no_new_privs = Option(_flag)

@@ -1,0 +1,122 @@
+"""Name-service lookups (users, groups) asked from a short-lived child process.
+
+glibc answers ``getpwnam``, ``getgrouplist`` and the like by loading one
+module per source configured in nsswitch.conf (``systemd``, ``sss``,
+``ldap``...) into the process that asks, and never unloads it: on Debian 12,
+libnss_systemd with libcap and libm, about 450 KiB of a small site's memory,
+for a lookup made once at start; with sssd or LDAP also open connections that
+the dropped site would keep. Asked from a forked child, the answers come back
+as plain data and the site maps none of it. No CherryPy imports.
+
+A child is forked only while the process has one thread (fork is not safe
+with others: a lock held by another thread stays held in the child). Else,
+or if fork fails, the lookup runs here, as it always did. Each answer is
+kept for the life of the process, so a start looks up once however often
+the plan is made; a re-executed process looks up afresh.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+#: A name service (LDAP, sssd) may be slow; not forever.
+TIMEOUT = 30.0
+
+_answers: Dict[Tuple[Any, ...], Any] = {}
+_unreaped: List[int] = []
+
+
+def ask(func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)``, computed once per process, in a child where possible.
+
+    ``func`` must return plain data (ints, strings, None, tuples, lists, dicts)
+    and may raise ValueError or TypeError, which are raised here with the same
+    message. ``args`` must be hashable.
+    """
+    key = (func.__module__, func.__qualname__) + args
+    if key not in _answers:
+        _answers[key] = _in_child(func, args) if _one_thread() else ('ok', func(*args))
+    kind, value = _answers[key]
+    if kind == 'ok':
+        return value
+    raise (TypeError if kind == 'TypeError' else ValueError)(value)
+
+
+def _one_thread() -> bool:
+    try:
+        with open('/proc/self/status', 'rb') as f:
+            for line in f:
+                if line.startswith(b'Threads:'):
+                    return int(line.split()[1]) == 1
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
+    reap()
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return _here(func, args)
+    if pid == 0:  # the child: answer, then go without running any cleanup
+        try:
+            os.close(r)
+            data = marshal.dumps(_here(func, args))
+            data = len(data).to_bytes(4, 'little') + data
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = _read_answer(r, pid)
+    finally:
+        os.close(r)
+        _unreaped.append(pid)
+        reap(block=False)
+    if data is None:  # the child died or hung: ask here, where the error will show
+        return _here(func, args)
+    return marshal.loads(data)
+
+
+def _here(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
+    try:
+        return 'ok', func(*args)
+    except (ValueError, TypeError) as e:
+        return type(e).__name__, str(e)
+
+
+def _read_answer(fd: int, pid: int) -> Any:
+    """The child's length-prefixed answer, or None (it died, or TIMEOUT passed)."""
+    data = b''
+    deadline = time.monotonic() + TIMEOUT
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], 'little'):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            os.kill(pid, 9)
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data[4:]
+
+
+def reap(block: bool = True) -> None:
+    """Wait for the lookup children (a zombie left behind would be a child
+    that still holds root when the drop checks for those)."""
+    for pid in list(_unreaped):
+        try:
+            done, _status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, a handler)
+            done = pid
+        if done:
+            _unreaped.remove(pid)

@@ -1,0 +1,105 @@
+"""Users and groups are looked up from a short-lived child: the site maps no NSS module.
+
+glibc loads one module per nsswitch.conf source (here ``files systemd``:
+libnss_systemd, with libcap and libm) into the process that asks, for good.
+The dropped site must not carry them (nor a connection to sssd or LDAP) for
+a lookup made once at start. Where fork is not safe (other threads) or fails,
+the lookup runs in the process itself, with the same answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import needs_root
+from dropcheck import every_thread, user_groups
+from namespaces import in_namespace, user_db
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _children(pid: int):
+    out = []
+    for p in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{p}/stat', 'rb') as f:
+                data = f.read()
+        except OSError:
+            continue
+        if int(data[data.rindex(b')') + 2:].split()[1]) == pid:
+            out.append(int(p))
+    return out
+
+
+def _nss_modules(pid: int):
+    with open(f'/proc/{pid}/maps') as f:
+        return sorted({line.split()[-1] for line in f if '/libnss_' in line})
+
+
+@needs_root
+def test_the_dropped_site_maps_no_name_service_module_and_leaves_no_child(site, tmp_path):
+    """A made-up user with supplementary groups (private mount namespace): the
+    groups come out right, and neither the NSS modules nor the lookup's child remain.
+
+    On this machine nsswitch.conf lists ``systemd`` for passwd and group, so a
+    lookup made in the site would map libnss_systemd.so.2 into it.
+    """
+    files = user_db(tmp_path / 'db', ['ns-user:x:4242:4242::/nonexistent:/usr/sbin/nologin'],
+                    ['ns-user:x:4242:', 'ns-extra:x:4243:ns-user'])
+    proc = site(prefix=in_namespace([], files=files), options={'uid': 'ns-user'})
+    every_thread(proc.pid, 4242, 4242, [4242, 4243])
+    assert _nss_modules(proc.pid) == []
+    assert _children(proc.pid) == []
+
+
+def _lookup_script(threads: bool) -> str:
+    return f'''
+import json, os, threading
+import cherrypy_dropprivs.nameservice as ns
+from cherrypy_dropprivs.identity import resolve_identity
+forks = []
+real_fork = os.fork
+def counting_fork():  # a spy, not a fake: the real fork runs
+    forks.append(1)
+    return real_fork()
+os.fork = counting_fork
+stop = threading.Event()
+if {threads!r}:
+    threading.Thread(target=stop.wait, daemon=True).start()
+ident = resolve_identity('nobody')
+stop.set()
+ns.reap()
+print(json.dumps({{'groups': list(ident.groups), 'uid': ident.uid, 'home': ident.home,
+                  'forks': len(forks)}}))
+'''
+
+
+def _run(argv, timeout=20):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_process_with_other_threads_looks_up_in_itself_with_the_same_answer():
+    nobody = pwd.getpwnam('nobody')
+    alone = _run([sys.executable, '-c', _lookup_script(threads=False)])
+    threaded = _run([sys.executable, '-c', _lookup_script(threads=True)])
+    assert alone['forks'] == 1 and threaded['forks'] == 0  # fork only while single-threaded
+    for answer in (alone, threaded):
+        assert answer['uid'] == nobody.pw_uid and answer['home'] == nobody.pw_dir
+        assert sorted(answer['groups']) == user_groups('nobody')
+
+
+@needs_root
+def test_a_fork_that_fails_falls_back_to_a_lookup_in_the_process():
+    """RLIMIT_NPROC 1 for a non-root user makes fork fail with EAGAIN, for real."""
+    argv = in_namespace(['prlimit', '--nproc=1', '--', sys.executable, '-c',
+                         _lookup_script(threads=False)], run_as=65534)
+    answer = _run(argv)
+    assert answer['forks'] == 1  # tried, refused by the kernel
+    assert answer['uid'] == 65534 and sorted(answer['groups']) == user_groups('nobody')
