@@ -23,6 +23,16 @@ class Hello:
     def index(self):
         return 'Hello, world!'
 
+    @cherrypy.expose
+    def confined(self):
+        """'yes' if the serving thread is under Landlock (opening / is refused)."""
+        import os
+        try:
+            os.close(os.open('/', os.O_RDONLY | os.O_DIRECTORY))
+            return 'no'
+        except PermissionError:
+            return 'yes'
+
 
 class CallCounter:
     """``--count-calls``: every Python and C function call, per thread, by name.

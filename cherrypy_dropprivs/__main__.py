@@ -129,12 +129,16 @@ def _options(conf: Dict[str, Dict[str, Any]], args: argparse.Namespace) -> Dict[
             opts[name] = getattr(args, name)
     if args.groups is not None:
         opts['groups'] = list(args.groups)
+    if args.confine and opts.get('confine', False) is False:
+        opts['confine'] = True
     return opts
 
 
 def _plan(opts: Dict[str, Any]) -> Plan:
     kwargs: Dict[str, Any] = {'uid': 'nobody', 'umask': 0o077}
     kwargs.update({k: v for k, v in opts.items() if k in PLAN_KEYS})
+    if opts.get('confine', False) is not False:
+        kwargs['no_new_privs'] = True  # confine implies it
     return make_plan(**kwargs)
 
 
@@ -299,11 +303,13 @@ def confine_report(conf, opts: Dict[str, Any], chown: Sequence[str]) -> Tuple[Li
         chown=chown,
         read=confine.check_paths('confine_read', opts.get('confine_read'), must_exist=False),
         write=confine.check_paths('confine_write', opts.get('confine_write'), must_exist=False),
-        connect=confine.check_ports('confine_connect', opts.get('confine_connect')))
+        connect=confine.check_ports('confine_connect', opts.get('confine_connect')),
+        application=False)
     abi, why = landlock.abi_version()
     lines = [f'confine: {mode!r}; this kernel: '
              + (f'Landlock ABI {abi}' if abi else why)
-             + '; the rules (interpreter paths are those of the Python running this check):']
+             + '; the rules (interpreter paths are those of the Python running this check; '
+               'the directory of the script that starts the site is added at start):']
     lines += [f'  {line}' for line in confine.describe(rules, abi)]
     missing = confine.not_enforced(abi, why)
     if missing:

@@ -101,7 +101,7 @@ def _real(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
-def interpreter_paths() -> List[Tuple[str, str]]:
+def interpreter_paths(application: bool = True) -> List[Tuple[str, str]]:
     """(path, why): the interpreter, its prefixes, sys.path, the application's directory."""
     found = [(os.path.dirname(_real(sys.executable)), 'the interpreter'),
              (sys.executable, 'the interpreter (as run)')]
@@ -110,7 +110,8 @@ def interpreter_paths() -> List[Tuple[str, str]]:
     for entry in sys.path:
         found.append((entry or os.getcwd(), 'sys.path'))
     main = sys.modules.get('__main__')
-    for script in (getattr(main, '__file__', None), sys.argv[0] if sys.argv else None):
+    scripts = (getattr(main, '__file__', None), sys.argv[0] if sys.argv else None)
+    for script in scripts if application else ():
         if script and not script.startswith('-') and os.path.isfile(script):
             found.append((os.path.dirname(_real(script)), 'the application'))
     return found
@@ -165,7 +166,7 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
            session_paths: Sequence[str] = (), tls_files: Sequence[str] = (),
            chown: Sequence[str] = (), read: Sequence[str] = (), write: Sequence[str] = (),
            connect: Sequence[int] = (), env: Optional[Dict[str, str]] = None,
-           ) -> Tuple[Rules, List[str]]:
+           application: bool = True) -> Tuple[Rules, List[str]]:
     """The rules, and one problem per named path that does not exist.
 
     System and interpreter paths that do not exist are left out quietly; a
@@ -201,7 +202,7 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
         if why not in whys[real]:
             whys[real].append(why)
 
-    for path, why in interpreter_paths():
+    for path, why in interpreter_paths(application):
         add(path, 'read+exec', why, False)
     for path, why in SYSTEM_EXEC:
         add(path, 'read+exec', why, False)
