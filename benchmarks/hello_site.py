@@ -23,6 +23,16 @@ class Hello:
     def index(self):
         return 'Hello, world!'
 
+    @cherrypy.expose
+    def confined(self):
+        """'yes' if the serving thread is under Landlock (opening / is refused)."""
+        import os
+        try:
+            os.close(os.open('/', os.O_RDONLY | os.O_DIRECTORY))
+            return 'no'
+        except PermissionError:
+            return 'yes'
+
 
 class CallCounter:
     """``--count-calls``: every Python and C function call, per thread, by name.
@@ -74,6 +84,7 @@ def main() -> int:
     p.add_argument('--port', type=int, action='append', required=True)
     p.add_argument('--plugin', choices=['ours', 'builtin', 'none', 'imported'], default='ours')
     p.add_argument('--user', default='nobody')
+    p.add_argument('--confine', action='store_true', help='with --plugin ours: confine=True')
     p.add_argument('--quiet', action='store_true', help='no access/error log on the screen')
     p.add_argument('--count-calls', action='store_true',
                    help='diagnostic: count every function call; GET /calls/ returns the counts')
@@ -97,7 +108,7 @@ def main() -> int:
 
     if args.plugin == 'ours':
         from cherrypy_dropprivs import DropPrivileges
-        DropPrivileges(cherrypy.engine, args.user).subscribe()
+        DropPrivileges(cherrypy.engine, args.user, confine=args.confine).subscribe()
     elif args.plugin == 'imported':
         import cherrypy_dropprivs  # noqa: F401
     elif args.plugin == 'builtin':

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='a PID file the site writes (CherryPy PIDFile / cherryd -p)')
     p.add_argument('--chown', action='append', default=[], metavar='PATH',
                    help='one more path to hand to the target (like the chown option)')
+    p.add_argument('--confine', action='store_true',
+                   help='print the Landlock rules as if engine.dropprivs.confine were True')
     return p
 
 
@@ -127,12 +129,16 @@ def _options(conf: Dict[str, Dict[str, Any]], args: argparse.Namespace) -> Dict[
             opts[name] = getattr(args, name)
     if args.groups is not None:
         opts['groups'] = list(args.groups)
+    if args.confine and opts.get('confine', False) is False:
+        opts['confine'] = True
     return opts
 
 
 def _plan(opts: Dict[str, Any]) -> Plan:
     kwargs: Dict[str, Any] = {'uid': 'nobody', 'umask': 0o077}
     kwargs.update({k: v for k, v in opts.items() if k in PLAN_KEYS})
+    if opts.get('confine', False) is not False:
+        kwargs['no_new_privs'] = True  # confine implies it
     return make_plan(**kwargs)
 
 
@@ -282,6 +288,35 @@ def _describe_plan(plan: Plan, opts: Dict[str, Any], chown_logs: bool) -> List[s
     return lines
 
 
+def confine_report(conf, opts: Dict[str, Any], chown: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(lines, problems): the rules ``confine`` would apply, from these files.
+
+    The interpreter's paths are this interpreter's: run the check with the
+    site's own Python to see the site's.
+    """
+    from . import confine, landlock
+
+    mode = confine.check_confine('confine', opts.get('confine', True))
+    rules, problems = confine.gather(
+        sections=[v for _, v in _sections(conf)], log_files=_log_files(conf),
+        session_paths=_session_paths(conf), tls_files=[p for _, p in _tls_files(conf)],
+        chown=chown,
+        read=confine.check_paths('confine_read', opts.get('confine_read'), must_exist=False),
+        write=confine.check_paths('confine_write', opts.get('confine_write'), must_exist=False),
+        connect=confine.check_ports('confine_connect', opts.get('confine_connect')),
+        application=False)
+    abi, why = landlock.abi_version()
+    lines = [f'confine: {mode!r}; this kernel: '
+             + (f'Landlock ABI {abi}' if abi else why)
+             + '; the rules (interpreter paths are those of the Python running this check; '
+               'the directory of the script that starts the site is added at start):']
+    lines += [f'  {line}' for line in confine.describe(rules, abi)]
+    missing = confine.not_enforced(abi, why)
+    if missing:
+        (problems if mode == 'require' else lines).append(f'confine: {missing}')
+    return lines, problems
+
+
 def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
     out = sys.stdout if out is None else out
     args = build_parser().parse_args(argv)
@@ -309,6 +344,15 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
     for line in _describe_plan(plan, opts, chown_logs):
         say(line)
     notes, problems = problems_for(conf, args.configs, plan, chown_logs, chown, args.pidfile)
+    if args.confine or opts.get('confine', False) is not False:
+        try:
+            lines, confine_problems = confine_report(conf, opts, chown)
+        except (ValueError, TypeError) as e:
+            say(f'error: {e}')
+            return EXIT_BAD_INPUT
+        for line in lines:
+            say(line)
+        problems += confine_problems
     for note in notes:
         say(f'ok: {note}')
     for problem in problems:
@@ -325,7 +369,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] != 'check':
         print('usage: python -m cherrypy_dropprivs check [CONFIG ...] [--uid U] [--gid G] '
-              '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH]', file=sys.stderr)
+              '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH] [--confine]', file=sys.stderr)
         return 2
     try:
         return run(argv[1:])

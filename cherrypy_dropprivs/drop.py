@@ -339,7 +339,8 @@ MAX_WAIT = 5.0
 SLACK = 1.0
 
 
-def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool) -> List[str]:
+def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool,
+             need: Optional[Callable[[ThreadCreds], Optional[str]]] = None) -> List[str]:
     out = []
     if clear_caps:
         for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
@@ -348,6 +349,9 @@ def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool) -> List[str]:
                 out.append(f'{label} {value:016x}')
     if no_new_privs and not t.no_new_privs:
         out.append('NoNewPrivs 0')
+    extra = need(t) if need is not None else None
+    if extra:
+        out.append(extra)
     return out
 
 
@@ -382,13 +386,16 @@ def apply_to_existing_threads(
     clear_caps: bool,
     no_new_privs: bool,
     max_wait: float = MAX_WAIT,
+    need: Optional[Callable[[ThreadCreds], Optional[str]]] = None,
 ) -> int:
     """Run ``actions`` in every older background thread that needs them.
 
-    Returns how many threads were handled. Raises PrivilegeDropError naming
-    each thread that still holds capabilities or lacks no_new_privs.
+    ``need(creds)``, if given, names one more thing a thread lacks (e.g. a
+    Landlock probe), or returns None. Returns how many threads were handled.
+    Raises PrivilegeDropError naming each thread that still holds
+    capabilities, lacks no_new_privs, or still needs what ``need`` names.
     """
-    if not actions or not (clear_caps or no_new_privs):
+    if not actions or not (clear_caps or no_new_privs or need):
         return 0
     me = threading.get_native_id()
     by_tid: Dict[int, Any] = {
@@ -397,7 +404,7 @@ def apply_to_existing_threads(
     waits = []
     swept = thread_creds('self')
     for creds in swept:
-        if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs):
+        if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs, need):
             continue
         t: Any = by_tid.get(creds.tid)
         if _is_task(t) and getattr(t, 'running', False):
@@ -407,7 +414,7 @@ def apply_to_existing_threads(
         done.wait(max(0.0, limit - (time.monotonic() - start)))
     problems = []
     for creds in thread_creds('self') if waits else swept:  # read again only after waiting
-        lacking = _lacking(creds, clear_caps, no_new_privs)
+        lacking = _lacking(creds, clear_caps, no_new_privs, need)
         if creds.tid == me or not lacking:
             continue
         t = by_tid.get(creds.tid)
@@ -425,8 +432,8 @@ def apply_to_existing_threads(
         problems.append(f'thread {creds.tid} {name}: {why}; {hint}')
     if problems:
         raise PrivilegeDropError(
-            'threads', 'capabilities and no_new_privs are per thread, and these threads '
-            'still differ: ' + '; '.join(problems))
+            'threads', 'capabilities, no_new_privs and Landlock are per thread, and these '
+            'threads still differ: ' + '; '.join(problems))
     return len(waits)
 
 

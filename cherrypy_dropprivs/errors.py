@@ -19,7 +19,7 @@ EXIT_BAD_CONFIG = 78
 
 #: Every option of DropPrivileges, each also a config key ``engine.dropprivs.<name>``.
 OPTION_NAMES = ('uid', 'gid', 'groups', 'umask', 'require_root', 'no_new_privs', 'priority',
-                'chown_logs', 'chown')
+                'chown_logs', 'chown', 'confine', 'confine_read', 'confine_write', 'confine_connect')
 
 
 class ConfigError(ValueError):

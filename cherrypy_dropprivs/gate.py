@@ -310,3 +310,52 @@ def unbound_reason(adapter) -> str:
     if not patches.replaced(hs, 'serve'):
         return 'it is not held by the gate'
     return 'it is not running'
+
+
+class _WorkerJob:
+    """Taken from a cheroot pool's queue like a connection: ``communicate()``
+    runs ``fn`` in the worker, then waits for the other jobs of its pool, so
+    that each job lands in a different worker."""
+
+    requests_seen = 0
+    remote_addr = remote_port = None
+    rfile = wfile = None
+
+    def __init__(self, fn: Callable[[], None], barrier: threading.Barrier, timeout: float) -> None:
+        self.fn, self.barrier, self.timeout = fn, barrier, timeout
+        self.done = threading.Event()
+
+    def communicate(self) -> bool:
+        try:
+            self.fn()
+        finally:
+            self.done.set()
+            try:
+                self.barrier.wait(self.timeout)
+            except threading.BrokenBarrierError:
+                pass
+        return False  # "close the connection": there is none
+
+    def close(self) -> None:
+        return None
+
+
+def run_in_workers(adapters, fn: Callable[[], None], timeout: float = 2.0) -> int:
+    """Run ``fn`` once in every worker thread of each held server, before the
+    gate opens (all workers idle then); how many ran within ``timeout``."""
+    jobs: List[_WorkerJob] = []
+    for adapter in adapters:
+        pool = getattr(getattr(adapter, 'httpserver', None), 'requests', None)
+        workers = len(getattr(pool, '_threads', None) or ())
+        queue = getattr(pool, '_queue', None)
+        if not workers or queue is None:
+            continue
+        barrier = threading.Barrier(workers)
+        for _ in range(workers):
+            job = _WorkerJob(fn, barrier, timeout)
+            queue.put(job)
+            jobs.append(job)
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job.done.wait(max(0.0, deadline - time.monotonic()))
+    return sum(job.done.is_set() for job in jobs)

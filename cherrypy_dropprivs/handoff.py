@@ -525,12 +525,13 @@ def describe(adapter) -> str:
         return repr(adapter.bind_addr)
 
 
-def keep_sockets(adapters) -> None:
-    """After the drop: keep each socket this process could not bind again."""
+def keep_sockets(adapters, keep_all: bool = False) -> None:
+    """After the drop: keep each socket this process could not bind again
+    (``keep_all``: every one, e.g. under Landlock, which denies any bind)."""
     from_activation = bool(os.environ.get('LISTEN_PID'))
     for adapter in adapters:
         hs = adapter.httpserver
-        if from_activation or not can_bind_again(adapter.bind_addr):
+        if keep_all or from_activation or not can_bind_again(adapter.bind_addr):
             KEEPER.keep(hs._dropprivs_key, hs.socket, from_activation)
 
 

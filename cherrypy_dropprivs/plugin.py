@@ -112,6 +112,27 @@ def _check_chown(name: str, value: Optional[Sequence[str]]) -> List[str]:
     return check_chown(value)
 
 
+def _check_confine(name: str, value: object) -> object:
+    if value is False:
+        return False  # the default: confine.py (and Landlock) are never imported
+    from .confine import check_confine
+    return check_confine(name, value)
+
+
+def _check_confine_paths(name: str, value: object) -> List[str]:
+    if value is None or (isinstance(value, list) and not value):
+        return []
+    from .confine import check_paths
+    return check_paths(name, value)
+
+
+def _check_confine_ports(name: str, value: object) -> List[int]:
+    if value is None or (isinstance(value, list) and not value):
+        return []
+    from .confine import check_ports
+    return check_ports(name, value)
+
+
 def _check_priority(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not ARM_PRIORITY < value <= 100:
         raise ValueError(
@@ -167,6 +188,10 @@ class DropPrivileges(SimplePlugin):
         priority: int = 77,
         chown_logs: bool = True,
         chown: Optional[Sequence[str]] = None,
+        confine: Union[bool, str] = False,
+        confine_read: Optional[Sequence[str]] = None,
+        confine_write: Optional[Sequence[str]] = None,
+        confine_connect: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__(bus)
         self._constructing = True  # options are looked up together, by self.plan() below
@@ -181,6 +206,8 @@ class DropPrivileges(SimplePlugin):
         self._outcome = NOT_ROOT
         #: Tells systemd (Type=notify) how the start goes; None without NOTIFY_SOCKET.
         self._systemd: Any = None
+        #: The Landlock ruleset and its per-thread state (confine.py), from the first arm.
+        self._confinement: Any = None
         self.uid = uid
         self.gid = gid
         self.groups = groups
@@ -190,6 +217,10 @@ class DropPrivileges(SimplePlugin):
         self.priority = priority
         self.chown_logs = chown_logs
         self.chown = chown
+        self.confine = confine
+        self.confine_read = confine_read
+        self.confine_write = confine_write
+        self.confine_connect = confine_connect
         self.plan()  # every name looked up, and the combination checked, before anything binds
         self._constructing = False
 
@@ -222,6 +253,11 @@ class DropPrivileges(SimplePlugin):
     #: Paths that must belong to the target (e.g. a session directory).
     chown = Option(_check_chown)
     priority = Option(_check_priority, after=lambda plugin: plugin._listen_at_priority())
+    #: Landlock after the drop: False, True, or 'require' (see confine.py).
+    confine = Option(_check_confine)
+    confine_read = Option(_check_confine_paths)
+    confine_write = Option(_check_confine_paths)
+    confine_connect = Option(_check_confine_ports)
 
     def _listen_at_priority(self) -> None:
         """The drop listener at the new priority (it matters once subscribed)."""
@@ -230,9 +266,10 @@ class DropPrivileges(SimplePlugin):
             self.bus.subscribe('start', self.start, priority=self.priority)
 
     def plan(self) -> Plan:
-        """Resolve all options together (raises ValueError/TypeError)."""
+        """Resolve all options together (raises ValueError/TypeError); confine implies no_new_privs."""
         return make_plan(
-            self.uid, self.gid, self.groups, self.umask, self.require_root, self.no_new_privs
+            self.uid, self.gid, self.groups, self.umask, self.require_root,
+            self.no_new_privs or self.confine is not False,
         )
 
     # -- bus wiring -----------------------------------------------------------
@@ -283,6 +320,9 @@ class DropPrivileges(SimplePlugin):
             self.gate.open()
             self._fail_if_cannot_serve()
             return
+        if self.confine is not False and self._confinement is None:
+            from . import confine
+            self._confinement = confine.arm(self, self._fail)
         self._secure_files_root_opens()
         self._hold_servers()
         self._fail_if_cannot_serve()
@@ -318,6 +358,9 @@ class DropPrivileges(SimplePlugin):
         handoff.patch_port_checks()
         self.gate.close()
         self.gate.thread_actions = thread_actions(self._armed_plan(), self._outcome)
+        if self._confinement is not None:
+            from . import confine
+            self.gate.thread_actions += confine.thread_actions(self._confinement)
         for adapter in handoff.server_adapters(self.bus):
             try:
                 gate.arm(adapter, self.gate)
@@ -353,6 +396,7 @@ class DropPrivileges(SimplePlugin):
             holds_root()
             or kernel.held_in_any_thread()
             or self.no_new_privs
+            or self.confine is not False
             or KEEPER.adopted_from_exec
             or HANDOFF_ENV in os.environ
             or os.environ.get('LISTEN_PID') == str(os.getpid())  # fd 3 must outlive a restart
@@ -397,7 +441,8 @@ class DropPrivileges(SimplePlugin):
 
     def _keep_sockets_for_restarts(self, adapters) -> None:
         if self._holding:
-            handoff.keep_sockets(adapters)
+            # Confined, the process can bind no port at all: keep every socket.
+            handoff.keep_sockets(adapters, keep_all=self._confinement is not None)
             handoff.install_execv_handoff(self.bus)
 
 
@@ -421,6 +466,7 @@ class DropPrivileges(SimplePlugin):
         record = carry_out(plan)
         preflight.after_drop(self, plan, outcome)
         record = verify(plan, record)
+        self._confine_every_thread()
         for line in record.terminal:
             self._log(line)
         if outcome == DROPPED:
@@ -451,7 +497,13 @@ class DropPrivileges(SimplePlugin):
     def _again(self, record: DropRecord) -> None:
         """A second start in the same process: no new drop, only a check."""
         n = verify(self._armed_plan(), record).threads_checked
+        self._confine_every_thread()
         self._log(f'already dropped; running as {Snapshot.take().describe()}; verified on {n} threads')
+
+    def _confine_every_thread(self) -> None:
+        if self._confinement is not None:
+            from . import confine
+            confine.after_verified_drop(self, self._confinement, handoff.server_adapters(self.bus))
 
     def _log(self, msg: str, level: int = logging.INFO) -> None:
         self.bus.log(f'dropprivs: {msg}', level=level)

@@ -1,4 +1,4 @@
-"""``python -m demo_app``: options, then start the site and drop root.
+"""``python -m demo_app``: options, then start the site and drop root (and confine it, with --confine).
 
 Settings are layered: the demo's defaults, then the ``--config`` file (which
 may switch on ``engine.dropprivs``), then the other command-line options.
@@ -41,6 +41,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--config', default=None,
                    help='a CherryPy config file, applied with cherrypy.config.update '
                         '(see demo_app/demo.conf for engine.dropprivs.*)')
+    p.add_argument('--confine', action='store_true',
+                   help='after the drop, confine the site with Landlock (engine.dropprivs.confine)')
     return p.parse_args(argv)
 
 
@@ -72,12 +74,14 @@ def configure(args: argparse.Namespace) -> StartInfo:
         plugin.uid = args.user
     if args.group is not None:
         plugin.gid = args.group
+    if args.confine:
+        plugin.confine = True
     target = plugin.plan().target
     if plugin.start not in cherrypy.engine.listeners['start']:
         plugin.subscribe()
     return StartInfo.now(
         cherrypy.server.socket_host, cherrypy.server.socket_port, activated_by,
-        target.describe() if target else None,
+        target.describe() if target else None, plugin.confine is not False,
     )
 
 

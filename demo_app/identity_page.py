@@ -85,6 +85,22 @@ def _threads(summary: Dict[str, Any], names: Dict[int, Optional[str]]) -> str:
             f'<table>{head}{"".join(rows)}</table>')
 
 
+def _confinement(c: Dict[str, Any]) -> str:
+    if c['confined']:
+        head = (f'<div class="banner ok"><strong>Confined.</strong> Landlock (ABI {c["landlock_abi"]}) '
+                f'denies this thread everything outside the rules '
+                f'(<code>python -m cherrypy_dropprivs check --confine</code> prints them).</div>')
+    elif c['requested']:
+        head = ('<div class="banner bad"><strong>NOT confined</strong> although confine was asked '
+                'for: see the log for the WARNING.</div>')
+    else:
+        head = ('<div class="banner warn"><strong>Not confined.</strong> Start the demo with '
+                '<code>--confine</code> to restrict it with Landlock.</div>')
+    rows = ''.join(_row(what, f'<code>{escape(result)}</code>') for what, result in c['probes'].items())
+    return (f'<h2>Confinement</h2>{head}<p><small>Tried just now, from the thread serving this '
+            f'request:</small></p><table>{rows}</table>')
+
+
 def render(d: Dict[str, Any]) -> str:
     """The whole page: a verdict, the serving thread's identity, every thread."""
     names = {g['id']: g['name'] for g in d['groups']}
@@ -119,6 +135,7 @@ def render(d: Dict[str, Any]) -> str:
         f'<h2>This request was served by thread {d["served_by_thread"]}</h2>'
         f'<p><small>From <code>/proc/thread-self/status</code>: the kernel\'s view, not the '
         f'plugin\'s report.</small></p><table>{"".join(rows)}</table>'
+        f'{_confinement(d["confinement"])}'
         f'{_threads(d["threads"], names)}'
         f'<h2>Start-up</h2><table>{"".join(facts)}</table>'
         '<p>The same data as JSON: <a href="identity.json">/identity.json</a></p>'

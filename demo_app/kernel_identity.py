@@ -7,6 +7,7 @@ that anyone can check the drop independently.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -32,10 +33,13 @@ class StartInfo:
     port: int
     activated_by: str
     target: Optional[str]
+    confine: bool = False
 
     @classmethod
-    def now(cls, host: str, port: int, activated_by: str, target: Optional[str]) -> StartInfo:
-        return cls(os.getresuid(), os.getresgid(), tuple(os.getgroups()), host, port, activated_by, target)
+    def now(cls, host: str, port: int, activated_by: str, target: Optional[str],
+            confine: bool = False) -> StartInfo:
+        return cls(os.getresuid(), os.getresgid(), tuple(os.getgroups()), host, port, activated_by,
+                   target, confine)
 
 
 def outcome(start: StartInfo, uids_now: Tuple[int, ...]) -> Tuple[str, Optional[str]]:
@@ -81,6 +85,39 @@ def collect(start: StartInfo) -> Dict[str, Any]:
         },
         'listening': {'host': start.host, 'port': start.port},
         'plugin': {'activated_by': start.activated_by, 'target': start.target},
+        'confinement': confinement(start),
+    }
+
+
+def _attempt(path: str) -> str:
+    try:
+        with open(path, 'rb') as f:
+            f.read(1)
+        return 'allowed'
+    except OSError as e:
+        return f'denied ({errno.errorcode.get(e.errno, e.errno)}: {e.strerror})'
+
+
+def confinement(start: StartInfo) -> Dict[str, Any]:
+    """Whether the serving thread is confined, asked of the kernel: opening ``/``
+    for reading fails with EACCES only under Landlock; then two real reads."""
+    try:
+        os.close(os.open('/', os.O_RDONLY | os.O_DIRECTORY))
+        confined = False
+    except PermissionError:
+        confined = True
+    abi = None
+    if start.confine:
+        from cherrypy_dropprivs.landlock import abi_version
+        abi = abi_version()[0]
+    return {
+        'requested': start.confine,
+        'confined': confined,
+        'landlock_abi': abi,
+        'probes': {
+            'read /etc/hostname': _attempt('/etc/hostname'),
+            "read this demo's own code": _attempt(__file__),
+        },
     }
 
 

@@ -86,6 +86,67 @@ class Root:
         return 'noted'
 
     @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def probe(self, read=(), write=(), bind=None, connect=(), delay='0'):
+        """Try, in the serving thread, each access named; report 'ok' or the errno's name.
+
+        read/write: paths (repeatable); bind: 1 to bind 127.0.0.1:0 and the
+        port given; connect: TCP ports on 127.0.0.1 (repeatable); delay:
+        seconds to hold the worker first, so concurrent probes land on
+        different workers.
+        """
+        import errno
+        import socket
+        import time
+
+        def many(v):
+            return [v] if isinstance(v, str) else list(v)
+
+        def attempt(fn, arg):
+            try:
+                fn(arg)
+                return 'ok'
+            except OSError as e:
+                return errno.errorcode.get(e.errno, str(e.errno))
+
+        def do_read(path):
+            with open(path, 'rb') as f:
+                f.read(1)
+
+        def do_write(path):
+            with open(path, 'a') as f:
+                f.write('probe\n')
+
+        def do_bind(port):
+            with socket.socket() as s:
+                s.bind(('127.0.0.1', port))
+                s.listen(1)
+
+        def do_connect(port):
+            with socket.create_connection(('127.0.0.1', port), timeout=2):
+                pass
+
+        time.sleep(float(delay))
+        out = {'tid': threading.get_native_id(), 'read': {}, 'write': {}, 'bind': {}, 'connect': {}}
+        for path in many(read):
+            out['read'][path] = attempt(do_read, path)
+        for path in many(write):
+            out['write'][path] = attempt(do_write, path)
+        if bind is not None:
+            for port in (0, int(bind)):
+                out['bind'][str(port)] = attempt(do_bind, port)
+        for port in many(connect):
+            out['connect'][port] = attempt(do_connect, int(port))
+        return out
+
+    @cherrypy.expose
+    def counter(self):
+        """A per-session counter (needs tools.sessions on, e.g. from --app-config)."""
+        n = cherrypy.session.get('n', 0) + 1
+        cherrypy.session['n'] = n
+        return str(n)
+
+    @cherrypy.expose
     def graceful(self):
         threading.Timer(0.05, cherrypy.engine.graceful).start()
         return 'graceful'
@@ -122,6 +183,8 @@ def main():
     p.add_argument('--plugin', choices=['ours', 'builtin', 'none', 'config'], default='ours')
     p.add_argument('--options', default='{}', help='JSON keyword arguments for the plugin')
     p.add_argument('--config', default=None, help='a CherryPy config file to apply')
+    p.add_argument('--app-config', default=None,
+                   help="a CherryPy config file for the application (tree.mount's config)")
     p.add_argument('--record-listener', default=None,
                    help='file a start listener at priority 90 writes its euid to')
     p.add_argument('--autoreload', action='store_true')
@@ -195,7 +258,7 @@ def main():
         s.subscribe()
         servers.append(s)
 
-    cherrypy.tree.mount(Root(), '/')
+    cherrypy.tree.mount(Root(), '/', args.app_config)
     cherrypy.tree.graft(wsgi_whoami, '/wsgi')
 
     options = json.loads(args.options)

@@ -1,0 +1,354 @@
+"""``confine``: the rules a dropped site needs, and applying them on the bus.
+
+Imported only when ``confine`` is on (plugin.py and the check command import
+it lazily), so a site without it pays nothing. The rules (see :func:`gather`)
+come from the interpreter (its prefix, every ``sys.path`` entry), the
+application's directory, CherryPy's config (static files, TLS files, session
+storage, error pages), the log files, the ``chown`` paths, the user's
+``confine_read``/``confine_write``/``confine_connect``, and a short list of
+system files the standard library reads. landlock.py talks to the kernel.
+
+When: the ruleset is built at the arm (priority 10), so a missing path stops
+the start before anything binds (exit 78). Each server thread confines itself
+before it creates its workers (gate.run_thread_actions, with no_new_privs
+first), so every worker inherits the domain; the main thread confines itself
+right after the verified drop; older CherryPy background tasks do it on their
+next run (drop.apply_to_existing_threads). Then every thread of
+/proc/self/task must have probed itself confined (workers through their own
+queue, gate.run_in_workers) before the gate opens.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import landlock
+from .landlock import PathRule, Rules
+
+#: Values of the ``confine`` option.
+CONFINE_VALUES = (False, True, 'require')
+
+#: Read: what the standard library and CherryPy read at run time (skipped when missing).
+SYSTEM_READ = (
+    ('/etc/passwd', 'name service'), ('/etc/group', 'name service'),
+    ('/etc/nsswitch.conf', 'name service'), ('/etc/hosts', 'name service'),
+    ('/etc/resolv.conf', 'DNS'), ('/etc/host.conf', 'DNS'), ('/etc/gai.conf', 'DNS'),
+    ('/etc/services', 'socket.getservbyname'), ('/etc/protocols', 'socket.getprotobyname'),
+    ('/etc/localtime', 'time zone'), ('/etc/timezone', 'time zone'),
+    ('/usr/share/zoneinfo', 'time zones'), ('/etc/ld.so.cache', 'the dynamic loader'),
+    ('/etc/ssl/openssl.cnf', 'OpenSSL'), ('/etc/ssl/certs', 'CA certificates'),
+    ('/usr/share/ca-certificates', 'CA certificates'),
+    ('/etc/mime.types', 'mimetypes (static files)'),
+    ('/dev/urandom', 'random numbers'), ('/dev/random', 'random numbers'),
+    ('/proc', 'per-thread status and the checks; /proc/self cannot be granted alone '
+              '(its directories are recreated, and Landlock rules bind to inodes)'),
+)
+#: Read and execute: the dynamic loader and shared libraries (the re-exec of a restart).
+SYSTEM_EXEC = (('/usr/lib', 'shared libraries'), ('/usr/lib64', 'shared libraries'),
+               ('/lib', 'shared libraries'), ('/lib64', 'the dynamic loader'),
+               ('/usr/local/lib', 'shared libraries'))
+SYSTEM_WRITE = (('/dev/null', 'os.devnull'),)
+
+
+# -- option checks (called as the options are set) -------------------------------
+
+
+def check_confine(name: str, value: object) -> Any:
+    if value not in CONFINE_VALUES or isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"confine must be False, True or 'require'; got {value!r}")
+    return value
+
+
+def check_paths(name: str, value: object, must_exist: bool = True) -> List[str]:
+    """A list of existing paths, none of them ``/``; returned absolute."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f'{name} must be a list of paths (e.g. [\'/srv/mysite/templates\']); '
+                        f'got {value!r}')
+    out = []
+    for p in value:
+        if not isinstance(p, str) or not p:
+            raise TypeError(f'{name} entries must be non-empty path strings; got {p!r}')
+        path = os.path.abspath(p)
+        if os.path.realpath(path) == '/':
+            raise ValueError(f'{name}: {p!r} is the root directory: that would grant the whole '
+                             f'filesystem; name the directories the site needs')
+        if must_exist and not os.path.exists(path):
+            raise ValueError(f'{name}: {path} does not exist; a Landlock rule needs an '
+                             f'existing file or directory (create it first)')
+        out.append(path)
+    return out
+
+
+def check_ports(name: str, value: object) -> List[int]:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f'{name} must be a list of TCP ports (e.g. [5432]); got {value!r}')
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f'{name}: {port!r} is not a TCP port (an int in 1..65535)')
+    return sorted(set(value))
+
+
+# -- the rules -------------------------------------------------------------------
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def interpreter_paths(application: bool = True) -> List[Tuple[str, str]]:
+    """(path, why): the interpreter, its prefixes, sys.path, the application's directory."""
+    found = [(os.path.dirname(_real(sys.executable)), 'the interpreter'),
+             (sys.executable, 'the interpreter (as run)')]
+    for attr in ('prefix', 'base_prefix', 'exec_prefix', 'base_exec_prefix'):
+        found.append((getattr(sys, attr), f'sys.{attr}'))
+    for entry in sys.path:
+        found.append((entry or os.getcwd(), 'sys.path'))
+    main = sys.modules.get('__main__')
+    scripts = (getattr(main, '__file__', None), sys.argv[0] if sys.argv else None)
+    for script in scripts if application else ():
+        if script and not script.startswith('-') and os.path.isfile(script):
+            found.append((os.path.dirname(_real(script)), 'the application'))
+    return found
+
+
+def _resolve(section: Dict[str, Any], key: str, root_key: str) -> Optional[str]:
+    value = section.get(key)
+    if not isinstance(value, str) or not value:
+        return None
+    root = section.get(root_key)
+    if not os.path.isabs(value) and isinstance(root, str) and root:
+        value = os.path.join(root, value)
+    return os.path.abspath(value)
+
+
+def config_paths(sections: Iterable[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """(path, kind, why) for what CherryPy's config names: static files, error pages."""
+    out = []
+    for section in sections:
+        d = _resolve(section, 'tools.staticdir.dir', 'tools.staticdir.root')
+        if d:
+            out.append((d, 'read', 'tools.staticdir.dir'))
+        f = _resolve(section, 'tools.staticfile.filename', 'tools.staticfile.root')
+        if f:
+            out.append((f, 'read', 'tools.staticfile.filename'))
+        for key, value in section.items():
+            if key.startswith('error_page.') and isinstance(value, str) and value:
+                out.append((os.path.abspath(value), 'read', key))
+    return out
+
+
+def scope_for(env: Dict[str, str]) -> Tuple[int, List[str]]:
+    """The LANDLOCK_SCOPE_* bits (ABI 6), and notes on what was left out and why.
+
+    Signals: a confined site may signal only its own process and what it
+    started, not other processes of its user. Abstract UNIX sockets: it may
+    connect only to those it created, unless NOTIFY_SOCKET is one (``@...``):
+    sd_notify must still reach the service manager.
+    """
+    scoped = landlock.SCOPE_SIGNAL
+    notes = []
+    notify = env.get('NOTIFY_SOCKET', '')
+    if notify.startswith('@'):
+        notes.append(f'abstract UNIX sockets not scoped: NOTIFY_SOCKET={notify} is one, and '
+                     f'sd_notify must reach it')
+    else:
+        scoped |= landlock.SCOPE_ABSTRACT_UNIX_SOCKET
+    return scoped, notes
+
+
+def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] = (),
+           session_paths: Sequence[str] = (), tls_files: Sequence[str] = (),
+           chown: Sequence[str] = (), read: Sequence[str] = (), write: Sequence[str] = (),
+           connect: Sequence[int] = (), env: Optional[Dict[str, str]] = None,
+           application: bool = True) -> Tuple[Rules, List[str]]:
+    """The rules, and one problem per named path that does not exist.
+
+    System and interpreter paths that do not exist are left out quietly; a
+    path the configuration or the user names must exist (a Landlock rule is
+    an open file). ``/`` is never granted: it would grant everything, and the
+    probe relies on it being denied.
+    """
+    env = dict(os.environ) if env is None else env
+    kinds: Dict[str, List[str]] = {}
+    whys: Dict[str, List[str]] = {}
+    order: List[str] = []
+    problems: List[str] = []
+    notes: List[str] = []
+
+    def add(path: str, kind: str, why: str, required: bool) -> None:
+        path = os.path.abspath(path)
+        if not os.path.exists(path):
+            if required:
+                problems.append(f'{path} ({why}) does not exist; a Landlock rule needs an '
+                                f'existing file or directory: create it, or fix the setting')
+            return
+        real = os.path.realpath(path)
+        if real == '/':
+            notes.append(f'{path} ({why}) is the root directory: not granted (it would grant '
+                         f'everything); a module imported from there later fails')
+            return
+        if real not in kinds:
+            order.append(real)
+            kinds[real], whys[real] = [], []
+        for word in kind.split('+'):
+            if word not in kinds[real]:
+                kinds[real].append(word)
+        if why not in whys[real]:
+            whys[real].append(why)
+
+    for path, why in interpreter_paths(application):
+        add(path, 'read+exec', why, False)
+    for path, why in SYSTEM_EXEC:
+        add(path, 'read+exec', why, False)
+    for path, why in SYSTEM_READ:
+        add(path, 'read', why, False)
+    import mimetypes
+    for known in mimetypes.knownfiles:
+        add(str(known), 'read', 'mimetypes (static files)', False)
+    for path, why in SYSTEM_WRITE:
+        add(path, 'read+write', why, False)
+    for path, kind, why in config_paths(sections):
+        add(path, kind, why, True)
+    for path in tls_files:
+        add(path, 'read', 'TLS file (read again by a restart)', True)
+    for path in log_files:
+        add(path, 'read+write', 'log file', True)
+    for path in session_paths:
+        add(path, 'read+write', 'tools.sessions.storage_path', True)
+    for path in chown:
+        add(path, 'read+write', 'chown', True)
+    for path in read:
+        add(path, 'read+exec', 'confine_read', True)
+    for path in write:
+        add(path, 'read+write', 'confine_write', True)
+    ordered = ('read', 'exec', 'write')
+    rules = tuple(PathRule(p, '+'.join(w for w in ordered if w in kinds[p]), ', '.join(whys[p]))
+                  for p in order)
+    scoped, scope_notes = scope_for(env)
+    tmp = os.environ.get('TMPDIR') or '/tmp'
+    if not any(r.path == _real(tmp) and 'write' in r.kind for r in rules):
+        notes.append(f'the temporary directory {tmp} is not writable: CherryPy spools request '
+                     f'bodies over 1000 bytes (file uploads) there; to accept them, add a private '
+                     f'directory to confine_write and set TMPDIR to it')
+    return Rules(rules, tuple(sorted(set(connect))), scoped, tuple(notes + scope_notes)), problems
+
+
+def describe(rules: Rules, abi: int) -> List[str]:
+    """The rules as lines, for the log (one line) and the check command."""
+    lines = [f'{r.kind:<10} {r.path}  ({r.why})' for r in rules.paths]
+    if abi == 0 or abi >= 4:
+        ports = ', '.join(map(str, rules.connect_ports)) or 'none'
+        lines.append(f'network: bind denied (no new listening port); connect only to TCP ports: {ports}')
+    else:
+        lines.append(f'network: NOT enforced (Landlock ABI {abi} < 4: no TCP rules on this kernel)')
+    if abi == 0 or abi >= 6:
+        scopes = [name for bit, name in ((landlock.SCOPE_SIGNAL, 'signals to other processes'),
+                                         (landlock.SCOPE_ABSTRACT_UNIX_SOCKET,
+                                          'abstract UNIX sockets of other processes'))
+                  if rules.scoped & bit]
+        lines.append(f'scoped (denied): {", ".join(scopes) or "nothing"}')
+    lines.append('everything else on the filesystem: denied (read, write, execute, create, '
+                 'remove, rename, truncate, device ioctl)')
+    lines += [f'note: {n}' for n in rules.notes]
+    return lines
+
+
+def not_enforced(abi: int, why: str) -> Optional[str]:
+    """What this kernel cannot enforce; None when everything is."""
+    if abi == 0:
+        return (f'{why}: nothing is confined (filesystem, network and scoping NOT enforced); '
+                f'the site runs with all its user\'s access')
+    if abi < 4:
+        return (f'Landlock ABI {abi}: the filesystem rules are enforced, the network rules are NOT '
+                f'(bind and connect need ABI 4, Linux 6.7)')
+    return None
+
+
+# -- on the bus (called from plugin.py) --------------------------------------------
+
+
+def running_rules(plugin) -> Tuple[Rules, List[str]]:
+    """The rules from the running configuration (cherrypy.config, mounted apps, servers)."""
+    import cherrypy
+
+    from . import handoff, preflight
+
+    sections: List[Dict[str, Any]] = [cherrypy.config]
+    for app in cherrypy.tree.apps.values():
+        conf = getattr(app, 'config', None)
+        if isinstance(conf, dict):
+            sections.extend(v for v in conf.values() if isinstance(v, dict))
+    tls = [path for adapter in handoff.server_adapters(plugin.bus)
+           for _role, path in handoff.tls_files(adapter)]
+    return gather(sections=sections, log_files=preflight.log_files(),
+                  session_paths=preflight.session_paths(), tls_files=tls, chown=plugin.chown,
+                  read=plugin.confine_read, write=plugin.confine_write,
+                  connect=plugin.confine_connect)
+
+
+def arm(plugin, fail: Callable[[str, int], Any]) -> Optional[landlock.Confinement]:
+    """At the arm listener: the ruleset, or None (no Landlock, and confine is not 'require')."""
+    from .errors import EXIT_BAD_CONFIG, EXIT_DROP_FAILED
+
+    abi, why = landlock.abi_version()
+    missing = not_enforced(abi, why)
+    if missing and plugin.confine == 'require':
+        fail(f"confine='require': {missing}", EXIT_DROP_FAILED)
+    if missing:
+        plugin._log(f'WARNING: confine: {missing}', level=30)
+    if abi == 0:
+        return None
+    rules, problems = running_rules(plugin)
+    if problems:
+        fail(f'confine: {"; ".join(problems)}', EXIT_BAD_CONFIG)
+    try:
+        confinement = landlock.Confinement(rules, abi)
+    except OSError as e:
+        fail(f'confine: building the Landlock ruleset: {e}', EXIT_DROP_FAILED)
+    if confinement.adopt_inherited():
+        plugin._log('confine: already confined (the Landlock domain is inherited across the '
+                    're-exec; no layer is added, and the rules of the first start stay in force)')
+    return confinement
+
+
+def thread_actions(confinement: landlock.Confinement) -> List[Callable[[], None]]:
+    """The per-thread action for the server threads of this start (after no_new_privs)."""
+    confinement.forget_probes()
+    return [confinement.confine_thread]
+
+
+def after_verified_drop(plugin, confinement: landlock.Confinement, adapters) -> None:
+    """Confine the main thread, then require every thread's own probe; raises
+    PrivilegeDropError (the plugin fails closed) naming each thread left out."""
+    from . import drop, gate
+    from .errors import PrivilegeDropError, VerificationError
+    from .kernel import thread_creds
+
+    try:
+        confinement.confine_process()
+    except OSError as e:
+        raise PrivilegeDropError('landlock_restrict_self', 'the main thread could not be confined', e) from e
+    gate.run_in_workers(adapters, confinement.record_probe)
+
+    def need(creds) -> Optional[str]:
+        return None if not confinement.unconfined([creds.tid]) else 'not confined (no Landlock probe from it)'
+
+    drop.apply_to_existing_threads([confinement.confine_thread], clear_caps=False,
+                                   no_new_privs=False, need=need)
+    threads = thread_creds('self')
+    left = confinement.unconfined([t.tid for t in threads])
+    if left:
+        names = {t.tid: t.name for t in threads}
+        raise VerificationError('landlock', 'threads not confined (their own probe did not '
+                                f'answer EACCES): {", ".join(f"{t} ({names[t]})" for t in left)}')
+    rules = confinement.rules
+    how = 'inherited across the re-exec' if confinement.inherited else f'Landlock ABI {confinement.abi}'
+    plugin._log(f'confined ({how}): {len(rules.paths)} path rules, connect to '
+                f'{list(rules.connect_ports) or "no port"}, no bind; verified by a probe in each '
+                f'of {len(threads)} threads')
