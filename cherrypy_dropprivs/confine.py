@@ -286,10 +286,14 @@ def running_rules(plugin) -> Tuple[Rules, List[str]]:
             sections.extend(v for v in conf.values() if isinstance(v, dict))
     tls = [path for adapter in handoff.server_adapters(plugin.bus)
            for _role, path in handoff.tls_files(adapter)]
+    env = dict(os.environ)
+    systemd = getattr(plugin, '_systemd', None)
+    if systemd is not None:  # the notifier took NOTIFY_SOCKET out of the environment
+        env['NOTIFY_SOCKET'] = systemd.notifier.address
     return gather(sections=sections, log_files=preflight.log_files(),
                   session_paths=preflight.session_paths(), tls_files=tls, chown=plugin.chown,
                   read=plugin.confine_read, write=plugin.confine_write,
-                  connect=plugin.confine_connect)
+                  connect=plugin.confine_connect, env=env)
 
 
 def arm(plugin, fail: Callable[[str, int], Any]) -> Optional[landlock.Confinement]:

@@ -232,3 +232,20 @@ def test_notify_code_not_imported_without_notify_socket(tmp_path):
     assert 'cherrypy_dropprivs.notify' not in modules and 'cherrypy_dropprivs.readiness' not in modules
     assert 'cherrypy_dropprivs.liveness' not in modules
 
+
+
+@needs_root
+def test_confined_site_still_reaches_the_notify_socket_across_a_restart(site, receiver):
+    """With confine on, READY=1 still arrives (an abstract socket is left out of
+    Landlock's scoping, a path socket was connected before the drop), and again
+    from the re-executed, still confined image."""
+    proc = site(env=_env(receiver), wait=False, options={'confine': True},
+                prefix=nobody_can_run())
+    first = receiver.wait_field('READY')
+    _from_site(first, proc.pid)
+    assert proc.get('/probe?read=/etc/hostname').json()['read'] == {'/etc/hostname': 'EACCES'}
+    n = len(receiver.messages)
+    proc.get('/restart')
+    again = receiver.wait_field('READY', start=n)
+    _from_site(again, proc.pid)
+    assert proc.get('/probe?read=/etc/hostname').json()['read'] == {'/etc/hostname': 'EACCES'}
