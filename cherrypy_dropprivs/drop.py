@@ -381,6 +381,23 @@ def _wrap(task, actions: Sequence[Callable[[], None]]) -> threading.Event:
     return done
 
 
+#: How long a thread that lacks something may take to finish exiting (e.g. the
+#: accept thread of a server stopped just before an engine.start() in the same
+#: process): gone, it serves nothing.
+EXITING = 1.0
+
+
+def _still_there(threads: List[ThreadCreds], within: float) -> List[ThreadCreds]:
+    """The ones of ``threads`` still alive after up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = {c.tid for c in thread_creds('self')}
+        threads = [c for c in threads if c.tid in alive]
+        if not threads or time.monotonic() >= deadline:
+            return threads
+        time.sleep(0.01)
+
+
 def apply_to_existing_threads(
     actions: Sequence[Callable[[], None]],
     clear_caps: bool,
@@ -412,11 +429,13 @@ def apply_to_existing_threads(
     start = time.monotonic()
     for _task, done, limit in waits:
         done.wait(max(0.0, limit - (time.monotonic() - start)))
+    left = [c for c in (thread_creds('self') if waits else swept)  # read again only after waiting
+            if c.tid != me and _lacking(c, clear_caps, no_new_privs, need)]
+    if left:
+        left = _still_there(left, EXITING)
     problems = []
-    for creds in thread_creds('self') if waits else swept:  # read again only after waiting
+    for creds in left:
         lacking = _lacking(creds, clear_caps, no_new_privs, need)
-        if creds.tid == me or not lacking:
-            continue
         t = by_tid.get(creds.tid)
         name = repr(t.name) if t is not None else f'{creds.name!r} (not a Python thread)'
         why = ', '.join(lacking)

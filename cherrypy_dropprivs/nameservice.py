@@ -10,9 +10,12 @@ as plain data and the site maps none of it. No CherryPy imports.
 
 A child is forked only while the process has one thread (fork is not safe
 with others: a lock held by another thread stays held in the child). Else,
-or if fork fails, the lookup runs here, as it always did. Each answer is
-kept for the life of the process, so a start looks up once however often
-the plan is made; a re-executed process looks up afresh.
+or if fork fails, the lookup runs here, as it always did. The child runs with
+every signal blocked: it is a copy of the site, as root, and must never run
+the site's handlers (a SIGTERM would stop a root copy of the bus). It is
+waited for through a pidfd, never by a pid another process may have reused.
+Each answer is kept for the life of the process, so a start looks up once
+however often the plan is made; a re-executed process looks up afresh.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from __future__ import annotations
 import marshal
 import os
 import select
+import signal
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 #: A name service (LDAP, sssd) may be slow; not forever.
 TIMEOUT = 30.0
 
 _answers: Dict[Tuple[Any, ...], Any] = {}
-_unreaped: List[int] = []
+#: (pid, pidfd or None) of each lookup child not waited for yet.
+_unreaped: List[Tuple[int, Optional[int]]] = []
 
 
 def ask(func: Callable[..., Any], *args: Any) -> Any:
@@ -60,13 +65,15 @@ def _one_thread() -> bool:
 def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
     reap()
     r, w = os.pipe()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = os.fork()
     except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(r)
         os.close(w)
         return _here(func, args)
-    if pid == 0:  # the child: answer, then go without running any cleanup
+    if pid == 0:  # the child: answer, then go without running any cleanup or handler
         try:
             os.close(r)
             data = marshal.dumps(_here(func, args))
@@ -75,15 +82,18 @@ def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any
                 data = data[os.write(w, data):]
         finally:
             os._exit(0)
+    try:
+        pidfd: Optional[int] = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # Linux < 5.3
+        pidfd = None
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(w)
     try:
         data = _read_answer(r, pid)
     finally:
         os.close(r)
-        _unreaped.append(pid)
+        _unreaped.append((pid, pidfd))
         reap(block=False)
-    if data is None:  # the child died or hung: ask here, where the error will show
-        return _here(func, args)
     return marshal.loads(data)
 
 
@@ -94,18 +104,20 @@ def _here(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
         return type(e).__name__, str(e)
 
 
-def _read_answer(fd: int, pid: int) -> Any:
-    """The child's length-prefixed answer, or None (it died, or TIMEOUT passed)."""
+def _read_answer(fd: int, pid: int) -> bytes:
+    """The child's length-prefixed answer; OSError if it ended without one or
+    TIMEOUT passed (not asked again here: what hung there would hang here)."""
     data = b''
     deadline = time.monotonic() + TIMEOUT
     while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], 'little'):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            os.kill(pid, 9)
-            return None
+            os.kill(pid, signal.SIGKILL)
+            raise TimeoutError(f'the name service (users, groups) did not answer within '
+                               f'{TIMEOUT:.0f} s; see /etc/nsswitch.conf')
         chunk = os.read(fd, 65536)
         if not chunk:
-            return None
+            raise ChildProcessError('the name-service lookup process ended without an answer')
         data += chunk
     return data[4:]
 
@@ -113,10 +125,16 @@ def _read_answer(fd: int, pid: int) -> Any:
 def reap(block: bool = True) -> None:
     """Wait for the lookup children (a zombie left behind would be a child
     that still holds root when the drop checks for those)."""
-    for pid in list(_unreaped):
+    for entry in list(_unreaped):
+        pid, pidfd = entry
         try:
-            done, _status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            if pidfd is not None:
+                done = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | (0 if block else os.WNOHANG)) is not None
+            else:
+                done = os.waitpid(pid, 0 if block else os.WNOHANG)[0] != 0
         except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, a handler)
-            done = pid
+            done = True
         if done:
-            _unreaped.remove(pid)
+            _unreaped.remove(entry)
+            if pidfd is not None:
+                os.close(pidfd)

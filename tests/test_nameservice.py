@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import needs_root
@@ -103,3 +105,65 @@ def test_a_fork_that_fails_falls_back_to_a_lookup_in_the_process():
     answer = _run(argv)
     assert answer['forks'] == 1  # tried, refused by the kernel
     assert answer['uid'] == 65534 and sorted(answer['groups']) == user_groups('nobody')
+
+
+@needs_root
+def test_the_lookup_child_runs_none_of_the_sites_signal_handlers(spawn, tmp_path):
+    """The child is a copy of the site, as root: a SIGTERM sent to it while the
+    name service is slow (for real: a FIFO bind-mounted over /etc/passwd in a
+    private mount namespace) must not stop a root copy of the bus. The site
+    then starts normally once the name service answers."""
+    import threading
+
+    from conftest import SITE, free_privileged_port
+
+    fifo = tmp_path / 'passwd.fifo'
+    os.mkfifo(fifo)
+    port = free_privileged_port()
+    inner = [sys.executable, str(SITE), '--port', str(port)]
+    proc = spawn(['unshare', '-m', '--propagation', 'private', 'sh', '-c',
+                  f'mount --bind {fifo} /etc/passwd && exec "$@"', 'sh', *inner], ports=[port])
+    deadline = time.monotonic() + 10
+    kids = []
+    while not kids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        kids = _children(proc.pid)
+    assert kids, proc.log()
+    os.kill(kids[0], signal.SIGTERM)
+    time.sleep(0.3)
+    assert os.path.exists(f'/proc/{kids[0]}')  # blocked, not handled: still waiting
+
+    stop = threading.Event()
+
+    def serve_passwd():  # each reader that opens the FIFO gets the real file
+        content = Path('/etc/passwd').read_bytes()
+        while not stop.is_set():
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if _has_reader(fifo) else None
+            if fd is None:
+                time.sleep(0.01)
+                continue
+            try:
+                os.write(fd, content)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    writer = threading.Thread(target=serve_passwd, daemon=True)
+    writer.start()
+    try:
+        proc.wait_http()
+        log = proc.log()
+        assert 'SIGTERM' not in log and 'Bus STOPPING' not in log, log
+        every_thread(proc.pid, 65534, 65534, user_groups('nobody'))
+    finally:
+        stop.set()
+        writer.join(5)
+
+
+def _has_reader(fifo) -> bool:
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        return True
+    except OSError:  # ENXIO: nobody has it open for reading
+        return False
