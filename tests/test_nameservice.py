@@ -138,32 +138,28 @@ def test_the_lookup_child_runs_none_of_the_sites_signal_handlers(spawn, tmp_path
     def serve_passwd():  # each reader that opens the FIFO gets the real file
         content = Path('/etc/passwd').read_bytes()
         while not stop.is_set():
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if _has_reader(fifo) else None
-            if fd is None:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
                 time.sleep(0.01)
                 continue
             try:
+                os.set_blocking(fd, True)
                 os.write(fd, content)
             except OSError:
                 pass
             finally:
                 os.close(fd)
+            time.sleep(0.05)  # the reader sees the end before the next writer comes
 
     writer = threading.Thread(target=serve_passwd, daemon=True)
     writer.start()
     try:
         proc.wait_http()
         log = proc.log()
-        assert 'SIGTERM' not in log and 'Bus STOPPING' not in log, log
+        assert 'Caught signal SIGTERM' not in log and 'Bus STOPPING' not in log, log
         every_thread(proc.pid, 65534, 65534, user_groups('nobody'))
     finally:
         stop.set()
         writer.join(5)
 
-
-def _has_reader(fifo) -> bool:
-    try:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        return True
-    except OSError:  # ENXIO: nobody has it open for reading
-        return False
