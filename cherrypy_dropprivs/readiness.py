@@ -45,6 +45,8 @@ class Readiness:
         self.watchdog: Optional[Watchdog] = None
         self.liveness: Optional[Liveness] = None
         self._warned: List[str] = []
+        #: READY=1 was sent by this image: only then may a graceful say it again.
+        self.ready_sent = False
         errors.LAST_WORDS.append(self._last_words)
 
     # -- the plugin's calls ------------------------------------------------------
@@ -95,6 +97,7 @@ class Readiness:
         if self.daemonized:
             fields.append(f'MAINPID={os.getpid()}')
         self._send(*fields)
+        self.ready_sent = True
 
     def _reloading(self, why: str) -> None:
         fields = ['RELOADING=1', f'MONOTONIC_USEC={monotonic_usec()}', f'STATUS={why}']
@@ -118,10 +121,15 @@ class Readiness:
             self._send('STOPPING=1', 'STATUS=stopping')
 
     def _graceful_begins(self) -> None:
-        self._reloading('reloading (graceful)')
+        # A SIGUSR1 during the start (still root, the drop not done) must not
+        # make systemd think the site is up: a graceful only re-confirms an
+        # earlier READY=1 of this image.
+        if self.ready_sent and self.bus.state == states.STARTED:
+            self._reloading('reloading (graceful)')
 
     def _graceful_done(self) -> None:
-        self._ready()
+        if self.ready_sent and self.bus.state == states.STARTED:
+            self._ready()
 
     # -- the watchdog ---------------------------------------------------------------
 

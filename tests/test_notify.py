@@ -249,3 +249,25 @@ def test_confined_site_still_reaches_the_notify_socket_across_a_restart(site, re
     again = receiver.wait_field('READY', start=n)
     _from_site(again, proc.pid)
     assert proc.get('/probe?read=/etc/hostname').json()['read'] == {'/etc/hostname': 'EACCES'}
+
+
+@needs_root
+def test_a_graceful_during_the_start_sends_nothing_before_the_drop(site, abstract_receiver):
+    """SIGUSR1 (logrotate, ExecReload=) while the servers are bound and the
+    process is still root: no RELOADING=1 or READY=1 from root; READY=1 only
+    from the dropped process."""
+    rx = abstract_receiver
+    port = free_privileged_port()
+    proc = site(ports=[port], env=_env(rx), wait=False, extra=['--slow-start', '1.5'])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # bound (75), still root in the slow listener
+        with socket.socket() as s:
+            if s.connect_ex(('127.0.0.1', port)) == 0:
+                break
+        time.sleep(0.05)
+    assert any(line.split()[1] == '0' for line in open(f'/proc/{proc.pid}/status')
+               if line.startswith('Uid:'))
+    os.kill(proc.pid, signal.SIGUSR1)
+    ready = rx.wait_field('READY')
+    _from_site(ready, proc.pid)
+    assert [m.uid for m in rx.messages if 'READY' in m.fields or 'RELOADING' in m.fields] == [NOBODY]
