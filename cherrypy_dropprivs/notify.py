@@ -141,10 +141,17 @@ def _watchdog_usec(usec: Optional[str], pid: Optional[str]) -> Optional[int]:
 
 
 def _adopt(fd: object, address: str) -> Optional[socket.socket]:
-    """The inherited descriptor, if it is a datagram socket connected to ``address``."""
+    """The inherited descriptor, if it is a datagram socket connected to ``address``.
+
+    Only an inheritable one: our re-exec makes it so, while whatever the
+    application opened after the exec is close-on-exec; a descriptor that
+    fails a check is left alone, never closed.
+    """
     if not isinstance(fd, int) or isinstance(fd, bool) or fd < 3:
         return None
     try:
+        if not os.get_inheritable(fd):
+            return None
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
         return None
@@ -170,6 +177,9 @@ def from_environment() -> Optional[Notifier]:
             ours = data['pid'] == os.getpid() and isinstance(data['socket'], str)
         except (ValueError, KeyError, TypeError):
             ours = False
+        # Our re-exec happens after the drop: in a process that holds root the
+        # variable was set by whoever started it, and nothing of it is used.
+        ours = ours and 0 not in os.getresuid()
         if ours:  # our own re-exec: the same socket, the same watchdog
             address = data['socket']
             usec = data.get('watchdog_usec')

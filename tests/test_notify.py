@@ -271,3 +271,30 @@ def test_a_graceful_during_the_start_sends_nothing_before_the_drop(site, abstrac
     ready = rx.wait_field('READY')
     _from_site(ready, proc.pid)
     assert [m.uid for m in rx.messages if 'READY' in m.fields or 'RELOADING' in m.fields] == [NOBODY]
+
+
+@needs_root
+def test_a_forged_hand_over_at_a_root_start_is_ignored_and_closes_nothing(spawn, abstract_receiver):
+    """Whoever starts the process as root controls its environment: a forged
+    CHERRYPY_DROPPRIVS_NOTIFY naming the right pid and one of the application's
+    own descriptors (a datagram socket connected to the named address) must
+    neither be used nor closed."""
+    rx = abstract_receiver
+    own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    own.connect('\0' + rx.address[1:])
+    fd = own.fileno()
+    inode = os.fstat(fd).st_ino
+    port = free_privileged_port()
+    # The shell knows the pid the site will have ($$, kept by exec).
+    script = (f'CHERRYPY_DROPPRIVS_NOTIFY="{{\\"pid\\": $$, \\"socket\\": \\"{rx.address}\\", '
+              f'\\"fd\\": {fd}}}" exec "$@"')
+    proc = spawn(['sh', '-c', script, 'sh', sys.executable, str(SITE), '--port', str(port)],
+                 ports=[port], pass_fds=[fd])
+    try:
+        proc.wait_http()
+        assert proc.get('/whoami').json()['uids'] == [NOBODY] * 4
+        time.sleep(0.5)
+        assert rx.messages == [], [m.line() for m in rx.messages]
+        assert os.readlink(f'/proc/{proc.pid}/fd/{fd}') == f'socket:[{inode}]'
+    finally:
+        own.close()
