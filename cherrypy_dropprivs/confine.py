@@ -315,7 +315,10 @@ def arm(plugin, fail: Callable[[str, int], Any]) -> Optional[landlock.Confinemen
         confinement = landlock.Confinement(rules, abi)
     except OSError as e:
         fail(f'confine: building the Landlock ruleset: {e}', EXIT_DROP_FAILED)
-    if confinement.adopt_inherited():
+    from . import drop, handoff
+
+    trusted = not drop.holds_root() and handoff.KEEPER.adopted_from_exec
+    if confinement.adopt_inherited(trusted):
         plugin._log('confine: already confined (the Landlock domain is inherited across the '
                     're-exec; no layer is added, and the rules of the first start stay in force)')
     return confinement
@@ -330,12 +333,13 @@ def thread_actions(confinement: landlock.Confinement) -> List[Callable[[], None]
 def after_verified_drop(plugin, confinement: landlock.Confinement, adapters) -> None:
     """Confine the main thread, then require every thread's own probe; raises
     PrivilegeDropError (the plugin fails closed) naming each thread left out."""
-    from . import drop, gate
+    from . import drop, gate, handoff
     from .errors import PrivilegeDropError, VerificationError
     from .kernel import thread_creds
 
     try:
         confinement.confine_process()
+        handoff.KEEPER.exec_env.update(confinement.exec_environment())
     except OSError as e:
         raise PrivilegeDropError('landlock_restrict_self', 'the main thread could not be confined', e) from e
     gate.run_in_workers(adapters, confinement.record_probe)

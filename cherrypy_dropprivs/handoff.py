@@ -67,6 +67,8 @@ class SocketKeeper:
         self._fd3_handed = False
         #: Other descriptors the re-executed image inherits (the notify socket).
         self.also_inherit: Set[int] = set()
+        #: Variables only the re-executed image may see (set just before the exec).
+        self.exec_env: Dict[str, str] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._kept
@@ -121,6 +123,7 @@ class SocketKeeper:
         self.mark_inheritable()
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
                                        'daemonized': daemonized})
+        env.update(self.exec_env)
         if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
             # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
             # stays valid: execv keeps the pid).

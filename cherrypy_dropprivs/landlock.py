@@ -234,8 +234,9 @@ def probe() -> bool:
 
 # -- every thread -----------------------------------------------------------------
 
-#: Marks a process whose main thread this package confined; kept across execv
-#: (the pid stays), so a re-executed process knows its inherited domain is ours.
+#: Marks a process whose main thread this package confined: set only for our
+#: own re-exec (the pid stays), so the new image knows its inherited domain is
+#: ours; read and removed at once, never seen by children.
 CONFINED_ENV = 'CHERRYPY_DROPPRIVS_CONFINED'
 
 
@@ -258,11 +259,23 @@ class Confinement:
         self.probed: Dict[int, bool] = {}
         self._lock = threading.Lock()
 
-    def adopt_inherited(self) -> bool:
-        """In a process re-executed after confinement: already confined, stack nothing."""
-        if os.environ.get(CONFINED_ENV) == str(os.getpid()) and probe():
+    def adopt_inherited(self, trusted: bool) -> bool:
+        """In a process re-executed after confinement: already confined, stack nothing.
+
+        ``trusted``: the caller knows this process is our own re-exec (not
+        root, and it adopted the sockets the old image handed over). Whoever
+        starts a process controls its environment, and a domain of theirs
+        that only hides ``/`` would pass the probe: without ``trusted`` the
+        marker is ignored and our own layer is added.
+        """
+        marked = os.environ.pop(CONFINED_ENV, None) == str(os.getpid())
+        if trusted and marked and probe():
             self.process_confined = self.inherited = True
         return self.inherited
+
+    def exec_environment(self) -> Dict[str, str]:
+        """What our own re-exec must carry (see adopt_inherited)."""
+        return {CONFINED_ENV: str(os.getpid())} if self.process_confined else {}
 
     def forget_probes(self) -> None:
         """At each start: thread ids are reused, so old probes prove nothing."""
@@ -285,7 +298,6 @@ class Confinement:
         """The main thread, after the verified drop; marks the process for a re-exec."""
         self.confine_thread()
         self.process_confined = True
-        os.environ[CONFINED_ENV] = str(os.getpid())
 
     def record_probe(self) -> None:
         """Probe only (no restrict): for threads that must already be confined."""

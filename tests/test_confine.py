@@ -279,3 +279,15 @@ def test_stop_then_start_in_the_same_process_stays_confined(site, world, listene
     assert proc.log().count('dropprivs: confined (') == 2
     assert_confined_answers(proc, concurrent_probes(proc, probe_params(world, listeners)),
                             world, listeners)
+
+
+def test_a_forged_marker_under_a_loose_domain_does_not_skip_confinement(site, world, listeners):
+    """Whoever starts the process as root controls its environment and wrapper:
+    a foreign domain that hides only ``/`` (so a probe of ``/`` says confined)
+    plus CHERRYPY_DROPPRIVS_CONFINED=<pid> must not make the start skip its own
+    rules (tests/sites/loose_domain.py is that wrapper)."""
+    wrapper = [sys.executable, str(REPO / 'tests' / 'sites' / 'loose_domain.py')]
+    proc = site(options=confined_options(world, listeners), prefix=wrapper)
+    answers = concurrent_probes(proc, probe_params(world, listeners))
+    assert_confined_answers(proc, answers, world, listeners)
+    assert 'already confined' not in proc.log()
