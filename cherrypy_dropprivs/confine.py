@@ -21,6 +21,7 @@ queue, gate.run_in_workers) before the gate opens.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -95,6 +96,44 @@ def check_ports(name: str, value: object) -> List[int]:
 
 
 # -- the rules -------------------------------------------------------------------
+
+
+def planted_link(path: str) -> Optional[str]:
+    """The first symbolic link on the way to ``path`` that someone other than
+    root could have made or re-pointed ('link -> target'), or None.
+
+    A link is trusted when it and the directory holding it are root's, and
+    that directory is not writable by others (or is sticky, as /tmp). Links
+    are followed as the kernel would, each checked in turn.
+    """
+    todo = [p for p in path.split('/') if p]
+    here = '/'
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == '.':
+            continue
+        if part == '..':
+            here = os.path.dirname(here)
+            continue
+        nxt = os.path.join(here, part)
+        try:
+            st = os.lstat(nxt)
+        except OSError:
+            return None  # missing: said elsewhere
+        if not stat.S_ISLNK(st.st_mode):
+            here = nxt
+            continue
+        hops += 1
+        target = os.readlink(nxt)
+        d = os.stat(here)
+        open_dir = d.st_mode & 0o022 and not d.st_mode & stat.S_ISVTX
+        if st.st_uid != 0 or d.st_uid != 0 or open_dir or hops > 40:
+            return f'{nxt} -> {target}'
+        if target.startswith('/'):
+            here = '/'
+        todo[:0] = [p for p in target.split('/') if p]
+    return None
 
 
 def _real(path: str) -> str:
@@ -187,6 +226,13 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
             if required:
                 problems.append(f'{path} ({why}) does not exist; a Landlock rule needs an '
                                 f'existing file or directory: create it, or fix the setting')
+            return
+        link = planted_link(path) if required else None
+        if link:
+            problems.append(f'{path} ({why}) is reached through the symbolic link {link}, which '
+                            f'a user other than root can change: the next start would grant '
+                            f'wherever it points. Name the real path, in directories only root '
+                            f'can write')
             return
         real = os.path.realpath(path)
         if real == '/':

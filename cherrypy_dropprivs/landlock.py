@@ -32,9 +32,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 # -- the kernel's ABI (include/uapi/linux/landlock.h) --------------------------
 
-#: Syscall numbers: the generic table's, shared by every architecture but alpha.
-_SYSCALLS = {'alpha': (554, 555, 556)}
-_GENERIC = (444, 445, 446)
+#: Syscall numbers (create, add_rule, restrict_self, openat2): the generic
+#: table's, shared by every architecture but alpha.
+_SYSCALLS = {'alpha': (554, 555, 556, 547)}
+_GENERIC = (444, 445, 446, 437)
+
+#: openat2(2)'s RESOLVE_NO_SYMLINKS: the rule's path as named, never through a link.
+RESOLVE_NO_SYMLINKS = 0x04
 
 CREATE_RULESET_VERSION = 1 << 0
 RULE_PATH_BENEATH = 1
@@ -143,10 +147,14 @@ def _c() -> SimpleNamespace:
     class NetPortAttr(ctypes.Structure):
         _fields_ = [('allowed_access', ctypes.c_uint64), ('port', ctypes.c_uint64)]
 
+    class OpenHow(ctypes.Structure):
+        _fields_ = [('flags', ctypes.c_uint64), ('mode', ctypes.c_uint64), ('resolve', ctypes.c_uint64)]
+
     numbers = _SYSCALLS.get(platform.machine(), _GENERIC)
     return SimpleNamespace(ctypes=ctypes, lib=lib, RulesetAttr=RulesetAttr,
-                           PathBeneathAttr=PathBeneathAttr, NetPortAttr=NetPortAttr,
-                           create=numbers[0], add_rule=numbers[1], restrict=numbers[2])
+                           PathBeneathAttr=PathBeneathAttr, NetPortAttr=NetPortAttr, OpenHow=OpenHow,
+                           create=numbers[0], add_rule=numbers[1], restrict=numbers[2],
+                           openat2=numbers[3])
 
 
 def _syscall(number: int, *args) -> int:
@@ -194,10 +202,28 @@ def create_ruleset(rules: Rules, abi: int) -> int:
     return fd
 
 
+def _open_path(path: str) -> int:
+    """An O_PATH descriptor on ``path`` reached without following any symbolic
+    link: the rules name resolved paths, so a link found now was put there
+    since (by whoever can write that directory) to widen the rule."""
+    c = _c()
+    how = c.OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS)
+    try:
+        return _syscall(c.openat2, c.ctypes.c_int(-100), os.fsencode(path), c.ctypes.byref(how),
+                        c.ctypes.c_size_t(c.ctypes.sizeof(how)))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(e.errno, 'a symbolic link appeared in the path after it was resolved; '
+                                   'refused (it would widen the rule)') from None
+        if e.errno != errno.ENOSYS:
+            raise
+    return os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)  # before Linux 5.6
+
+
 def _add_path(ruleset_fd: int, rule: PathRule, abi: int) -> None:
     c = _c()
     try:
-        fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
+        fd = _open_path(rule.path)
     except OSError as e:
         raise OSError(e.errno, f'{rule.path} ({rule.why}): {e.strerror}') from None
     try:

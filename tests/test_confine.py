@@ -291,3 +291,26 @@ def test_a_forged_marker_under_a_loose_domain_does_not_skip_confinement(site, wo
     answers = concurrent_probes(proc, probe_params(world, listeners))
     assert_confined_answers(proc, answers, world, listeners)
     assert 'already confined' not in proc.log()
+
+
+def test_a_link_the_target_planted_does_not_widen_the_next_start(site, world):
+    """The site's own directory (``writable/``) is nobody's. Between two starts
+    nobody, for real, swaps ``writable/sessions`` for a link to a directory
+    outside the rules: the next root start refuses (78) before binding,
+    naming the link, instead of granting what it points at."""
+    sessions = world / 'writable' / 'sessions'
+    as_nobody = ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups', '--']
+    subprocess.run([*as_nobody, 'mkdir', str(sessions)], check=True, timeout=10)
+    first = site(options={'confine': True, 'confine_write': [str(sessions)]})
+    assert first.get('/probe', params={'read': str(world / 'outside' / 'secret.txt')}).json()['read'] \
+        == {str(world / 'outside' / 'secret.txt'): 'EACCES'}
+    first.popen.terminate()
+    first.wait_exit(10)
+
+    subprocess.run([*as_nobody, 'sh', '-c', f'mv {sessions} {sessions}.old && '
+                    f'ln -s {world / "outside"} {sessions}'], check=True, timeout=10)
+    second = site(options={'confine': True, 'confine_write': [str(sessions)]}, wait=False)
+    assert second.wait_exit(10) == 78
+    log = second.log()
+    assert f'is reached through the symbolic link {sessions} -> {world / "outside"}' in log, log
+    assert 'Serving on' not in log
