@@ -370,11 +370,20 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
     return EXIT_OK
 
 
+USAGE = ('usage: python -m cherrypy_dropprivs check [CONFIG ...] [--uid U] [--gid G] '
+         '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH] [--confine]')
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (['-h'], ['--help']):
+        print('python -m cherrypy_dropprivs: one command, check, a dry run of the drop (like '
+              'nginx -t).\nExit status of check: 0 all sound, 1 problems found, 2 bad input.\n')
+        print(build_parser().format_help(), end='')
+        return 0
     if not argv or argv[0] != 'check':
-        print('usage: python -m cherrypy_dropprivs check [CONFIG ...] [--uid U] [--gid G] '
-              '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH] [--confine]', file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        print('(python -m cherrypy_dropprivs --help for the options)', file=sys.stderr)
         return 2
     try:
         return run(argv[1:])
