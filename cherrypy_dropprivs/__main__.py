@@ -288,17 +288,22 @@ def _describe_plan(plan: Plan, opts: Dict[str, Any], chown_logs: bool) -> List[s
     return lines
 
 
-def confine_report(conf, opts: Dict[str, Any], chown: Sequence[str]) -> Tuple[List[str], List[str]]:
+def confine_report(conf, opts: Dict[str, Any], chown: Sequence[str],
+                   config_paths: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
     """(lines, problems): the rules ``confine`` would apply, from these files.
 
     The interpreter's paths are this interpreter's: run the check with the
-    site's own Python to see the site's.
+    site's own Python to see the site's. A log file that does not exist yet
+    is no problem here: the start creates it as root when the config is
+    applied, before the rules are built (a missing directory is reported by
+    problems_for).
     """
     from . import confine, landlock
 
     mode = confine.check_confine('confine', opts.get('confine', True))
     rules, problems = confine.gather(
         sections=[v for _, v in _sections(conf)], log_files=_log_files(conf),
+        created_at_start=_log_files(conf), config_files=config_paths,
         session_paths=_session_paths(conf), tls_files=[p for _, p in _tls_files(conf)],
         chown=chown,
         read=confine.check_paths('confine_read', opts.get('confine_read'), must_exist=False),
@@ -346,7 +351,7 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
     notes, problems = problems_for(conf, args.configs, plan, chown_logs, chown, args.pidfile)
     if args.confine or opts.get('confine', False) is not False:
         try:
-            lines, confine_problems = confine_report(conf, opts, chown)
+            lines, confine_problems = confine_report(conf, opts, chown, args.configs)
         except (ValueError, TypeError) as e:
             say(f'error: {e}')
             return EXIT_BAD_INPUT
@@ -365,11 +370,20 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> int:
     return EXIT_OK
 
 
+USAGE = ('usage: python -m cherrypy_dropprivs check [CONFIG ...] [--uid U] [--gid G] '
+         '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH] [--confine]')
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (['-h'], ['--help']):
+        print('python -m cherrypy_dropprivs: one command, check, a dry run of the drop (like '
+              'nginx -t).\nExit status of check: 0 all sound, 1 problems found, 2 bad input.\n')
+        print(build_parser().format_help(), end='')
+        return 0
     if not argv or argv[0] != 'check':
-        print('usage: python -m cherrypy_dropprivs check [CONFIG ...] [--uid U] [--gid G] '
-              '[--groups ...] [--umask M] [--pidfile PATH] [--chown PATH] [--confine]', file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        print('(python -m cherrypy_dropprivs --help for the options)', file=sys.stderr)
         return 2
     try:
         return run(argv[1:])

@@ -205,13 +205,17 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
            session_paths: Sequence[str] = (), tls_files: Sequence[str] = (),
            chown: Sequence[str] = (), read: Sequence[str] = (), write: Sequence[str] = (),
            connect: Sequence[int] = (), env: Optional[Dict[str, str]] = None,
-           application: bool = True) -> Tuple[Rules, List[str]]:
+           application: bool = True, config_files: Sequence[str] = (),
+           created_at_start: Sequence[str] = ()) -> Tuple[Rules, List[str]]:
     """The rules, and one problem per named path that does not exist.
 
     System and interpreter paths that do not exist are left out quietly; a
     path the configuration or the user names must exist (a Landlock rule is
     an open file). ``/`` is never granted: it would grant everything, and the
-    probe relies on it being denied.
+    probe relies on it being denied. ``config_files`` (read: a restart's
+    re-exec reads them again) are left out quietly when missing.
+    ``created_at_start``: log files the check expects root to create before
+    the rules are built (the start does), ruled as if they existed.
     """
     env = dict(os.environ) if env is None else env
     kinds: Dict[str, List[str]] = {}
@@ -219,10 +223,11 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
     order: List[str] = []
     problems: List[str] = []
     notes: List[str] = []
+    created = {os.path.abspath(p) for p in created_at_start if not os.path.exists(p)}
 
     def add(path: str, kind: str, why: str, required: bool) -> None:
         path = os.path.abspath(path)
-        if not os.path.exists(path):
+        if not os.path.exists(path) and path not in created:
             if required:
                 problems.append(f'{path} ({why}) does not exist; a Landlock rule needs an '
                                 f'existing file or directory: create it, or fix the setting')
@@ -263,8 +268,11 @@ def gather(*, sections: Iterable[Dict[str, Any]] = (), log_files: Sequence[str] 
         add(path, kind, why, True)
     for path in tls_files:
         add(path, 'read', 'TLS file (read again by a restart)', True)
+    for path in config_files:
+        add(path, 'read', 'config file (read again by a restart)', False)
     for path in log_files:
-        add(path, 'read+write', 'log file', True)
+        fresh = os.path.abspath(path) in created
+        add(path, 'read+write', 'log file (created by root at start)' if fresh else 'log file', True)
     for path in session_paths:
         add(path, 'read+write', 'tools.sessions.storage_path', True)
     for path in chown:
@@ -319,8 +327,29 @@ def not_enforced(abi: int, why: str) -> Optional[str]:
 # -- on the bus (called from plugin.py) --------------------------------------------
 
 
+def applied_config_files(registered: Iterable[object], argv: Sequence[str]) -> List[str]:
+    """The config files this process read by name: a restart's re-exec reads them again.
+
+    CherryPy records every file name given to ``cherrypy.config.update``,
+    ``tree.mount(config=...)`` and ``Application.merge`` (so cherryd's ``-c``
+    and quickstart's ``config``) in ``engine.autoreload.files``, whether the
+    Autoreloader runs or not: ``registered``. The ``-c``/``--config`` values
+    of ``argv`` cover a script that reads its file itself. Relative names are
+    taken from the working directory, which the re-exec returns to. Existing
+    regular files only.
+    """
+    names = [os.fsdecode(n) for n in registered if isinstance(n, (str, bytes))]
+    for i, arg in enumerate(argv[1:], 1):
+        if arg in ('-c', '--config') and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith('--config='):
+            names.append(arg[len('--config='):])
+    return [os.path.abspath(n) for n in dict.fromkeys(names) if n and os.path.isfile(n)]
+
+
 def running_rules(plugin) -> Tuple[Rules, List[str]]:
-    """The rules from the running configuration (cherrypy.config, mounted apps, servers)."""
+    """The rules from the running configuration (cherrypy.config, mounted apps, servers,
+    the config files read by name)."""
     import cherrypy
 
     from . import handoff, preflight
@@ -336,7 +365,9 @@ def running_rules(plugin) -> Tuple[Rules, List[str]]:
     systemd = getattr(plugin, '_systemd', None)
     if systemd is not None:  # the notifier took NOTIFY_SOCKET out of the environment
         env['NOTIFY_SOCKET'] = systemd.notifier.address
+    registered = getattr(getattr(cherrypy.engine, 'autoreload', None), 'files', ())
     return gather(sections=sections, log_files=preflight.log_files(),
+                  config_files=applied_config_files(registered, sys.argv),
                   session_paths=preflight.session_paths(), tls_files=tls, chown=plugin.chown,
                   read=plugin.confine_read, write=plugin.confine_write,
                   connect=plugin.confine_connect, env=env)

@@ -260,6 +260,31 @@ def test_check_prints_the_rules(world, tmp_path):
     assert 'read+write /dev/null' in out.stdout
 
 
+def test_check_confine_with_log_files_not_created_yet(world, tmp_path):
+    """A fresh install: the log files do not exist yet. The start creates them
+    as root when the config is applied, before the rules are built, so the
+    check rules them as the start will (exit 0); it also grants the config
+    file (a restart reads it again). A log directory that is missing stays a
+    problem (exit 1)."""
+    logs = world / 'logs'
+    conf = tmp_path / 'site.conf'
+    conf.write_text("[global]\nengine.autoreload.on: False\nengine.dropprivs.on: True\n"
+                    "engine.dropprivs.uid: 'nobody'\n"
+                    f"log.error_file: {str(logs / 'error.log')!r}\n"
+                    f"log.access_file: {str(logs / 'access.log')!r}\n")
+    cmd = [sys.executable, '-m', 'cherrypy_dropprivs', 'check', '--confine', str(conf)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=str(REPO))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ('error.log', 'access.log'):
+        assert f'read+write {logs / name}  (log file (created by root at start))' in out.stdout
+        assert not (logs / name).exists()  # the check creates nothing
+    assert f'read       {conf}  (config file (read again by a restart))' in out.stdout
+    shutil.rmtree(logs)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=str(REPO))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f'PROBLEM: log file {logs / "error.log"}: directory {logs} does not exist' in out.stdout
+
+
 def test_demo_shows_confinement(spawn):
     port = free_privileged_port()
     proc = spawn([sys.executable, '-m', 'demo_app', '--port', str(port), '--confine'], ports=[port])
@@ -314,3 +339,60 @@ def test_a_link_the_target_planted_does_not_widen_the_next_start(site, world):
     log = second.log()
     assert f'is reached through the symbolic link {sessions} -> {world / "outside"}' in log, log
     assert 'Serving on' not in log
+
+
+CHERRYD = os.path.join(os.path.dirname(sys.executable), 'cherryd')
+
+
+def _config_file(world: Path, *lines: str) -> Path:
+    """A config file that switches the drop and confine on, world-readable (so
+    only Landlock, not its mode, could keep the re-executed nobody from it)."""
+    (world / 'etc').mkdir(mode=0o755)
+    conf = world / 'etc' / 'site.conf'
+    conf.write_text('\n'.join(['[global]', 'engine.autoreload.on: False', 'checker.on: False',
+                               'engine.dropprivs.on: True', "engine.dropprivs.uid: 'nobody'",
+                               'engine.dropprivs.confine: True', *lines]) + '\n')
+    os.chmod(conf, 0o644)
+    return conf
+
+
+def _restart_twice(proc, port: int, conf: Path, world: Path) -> None:
+    connect = poller.tcp('127.0.0.1', port)
+    boot = poller.wait_started(connect, alive=proc.alive)['boot']
+    for _ in range(2):
+        poller.request(connect, '/restart')
+        boot = poller.wait_started(connect, not_boot=boot, timeout=15, alive=proc.alive)['boot']
+    log = proc.log()
+    assert proc.alive() and 'PermissionError' not in log, log
+    assert log.count('already confined (the Landlock domain is inherited') == 2, log
+    # Still confined, and the config file is granted for reading only.
+    secret, drop = str(world / 'outside' / 'secret.txt'), str(conf)
+    a = proc.get('/probe', params={'read': [secret, drop], 'write': drop}, port=port).json()
+    assert a['read'] == {secret: 'EACCES', drop: 'ok'} and a['write'] == {drop: 'EACCES'}, a
+
+
+def test_confined_by_config_file_survives_restart(site, world):
+    """site.py applies the file with cherrypy.config.update(path); the file
+    itself switches confine on. The re-executed process reads it again, as
+    nobody, confined by the rules of the first start: they must grant it."""
+    port = free_privileged_port()
+    conf = _config_file(world)
+    proc = site(ports=[port], extra=['--plugin', 'config', '--config', str(conf)],
+                prefix=nobody_can_run(str(world)), wait=False)
+    _restart_twice(proc, port, conf, world)
+
+
+def test_confined_cherryd_with_relative_config_survives_restart(spawn, world):
+    """cherryd -c ../etc/site.conf, from another directory (cherryd grants its
+    working directory, on sys.path, anyway): cherryd applies each -c file with
+    cherrypy.config.update; the restart re-runs it."""
+    assert os.path.exists(CHERRYD), CHERRYD
+    port = free_privileged_port()
+    conf = _config_file(world, "server.socket_host: '127.0.0.1'", f'server.socket_port: {port}',
+                        'server.thread_pool: 4')
+    (world / 'app').mkdir(mode=0o755)
+    proc = spawn([*nobody_can_run(str(world)), sys.executable, CHERRYD,
+                  '-P', str(REPO / 'tests' / 'sites'), '-i', 'cherrypy_dropprivs',
+                  '-i', 'cherryd_site', '-c', '../etc/site.conf'], cwd=str(world / 'app'),
+                 ports=[port])
+    _restart_twice(proc, port, conf, world)

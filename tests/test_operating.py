@@ -209,6 +209,18 @@ def test_check_bad_identity_exits_2(spawn):
     assert rc == 2 and "unknown user 'no-such-user-dropprivs'" in out
 
 
+@pytest.mark.parametrize('argv, status', [(['--help'], 0), (['-h'], 0), ([], 2), (['chek'], 2)])
+def test_top_level_help_exits_0_anything_else_2(spawn, argv, status):
+    """--help prints the full help (the check's options and exit codes) and exits 0;
+    no command or an unknown one is bad input (2), with the usage."""
+    proc = spawn([sys.executable, '-m', 'cherrypy_dropprivs', *argv])
+    rc, out = proc.wait_exit(30), proc.log()
+    assert rc == status, out
+    assert 'usage: python -m cherrypy_dropprivs check' in out
+    if status == 0:
+        assert '--confine' in out and '--pidfile PATH' in out and '0 all sound' in out, out
+
+
 @needs_root
 def test_check_works_without_root(spawn, open_dir):
     """Run as nobody: reports what a start as root would do, and what nobody could not do."""
