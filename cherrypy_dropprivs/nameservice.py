@@ -48,6 +48,9 @@ def ask(func: Callable[..., Any], *args: Any) -> Any:
     kind, value = _answers[key]
     if kind == 'ok':
         return value
+    if kind == 'error':  # perhaps passing (a name server away): asked again next time
+        del _answers[key]
+        raise OSError(f'looking up users and groups failed: {value}')
     raise (TypeError if kind == 'TypeError' else ValueError)(value)
 
 
@@ -76,7 +79,11 @@ def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any
     if pid == 0:  # the child: answer, then go without running any cleanup or handler
         try:
             os.close(r)
-            data = marshal.dumps(_here(func, args))
+            try:
+                answer = _here(func, args)
+            except Exception as e:  # anything else the name service raised: said, not lost
+                answer = ('error', f'{type(e).__name__}: {e}')
+            data = marshal.dumps(answer)
             data = len(data).to_bytes(4, 'little') + data
             while data:
                 data = data[os.write(w, data):]
