@@ -143,6 +143,8 @@ class Readiness:
             self.watchdog.start()
 
     def _check(self) -> Optional[str]:
+        if self.bus is not None and self.bus.state != states.STARTED:
+            return None  # stopping or starting on purpose: nothing to judge (nor to report)
         liveness = self.liveness  # replaced by each start
         return None if liveness is None else liveness.problem()
 
