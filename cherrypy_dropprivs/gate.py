@@ -317,9 +317,12 @@ class _WorkerJob:
     runs ``fn`` in the worker, then waits for the other jobs of its pool, so
     that each job lands in a different worker."""
 
+    class _NoStream:
+        bytes_read = bytes_written = 0  # what a worker adds up when statistics are on
+
     requests_seen = 0
     remote_addr = remote_port = None
-    rfile = wfile = None
+    rfile = wfile = _NoStream()
 
     def __init__(self, fn: Callable[[], None], barrier: threading.Barrier, timeout: float) -> None:
         self.fn, self.barrier, self.timeout = fn, barrier, timeout

@@ -396,3 +396,15 @@ def test_confined_cherryd_with_relative_config_survives_restart(spawn, world):
                   '-i', 'cherryd_site', '-c', '../etc/site.conf'], cwd=str(world / 'app'),
                  ports=[port])
     _restart_twice(proc, port, conf, world)
+
+
+def test_confined_workers_survive_cheroot_statistics(site, world, listeners, tmp_path):
+    """With ``server.statistics`` on, a cheroot worker adds up each job's byte
+    counts: the probe jobs run in the workers before the gate opens must not
+    kill them (a fatal AttributeError stopped the server before)."""
+    conf = tmp_path / 'stats.conf'
+    conf.write_text('[global]\nserver.statistics: True\n')
+    proc = site(options=confined_options(world, listeners), extra=['--config', str(conf)])
+    answers = concurrent_probes(proc, probe_params(world, listeners))
+    assert_confined_answers(proc, answers, world, listeners)
+    assert 'fatal exception' not in proc.log()
