@@ -12,6 +12,7 @@ thread's /proc/thread-self/status) and on the kernel's socket tables.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -305,3 +306,19 @@ def _get(port: int):
     if o.kind != poller.OK:
         return None
     return str(o.body) if o.body is not None else None
+
+
+@needs_root
+def test_confined_start_and_restart_under_a_crowd(site):
+    """With ``confine`` on (a probe job runs in every worker before the gate
+    opens; every socket is kept), a restart with 2 idle connections and 16
+    pollers comes back on the same socket, confined, dropped, never exiting."""
+    proc, crowd, took, back = _restart_under_load(
+        site, ['--options', json.dumps({'confine': True})], _via_restart_url, nobody_can_run())
+    assert back['uids'] == [NOBODY] * 4
+    kinds = {o.kind for o in crowd.outcomes()}
+    assert kinds <= {poller.OK, 'timeout'}, crowd.pollers[0].counts()
+    assert not crowd.by_root()
+    assert 'already confined' in proc.log()
+    assert_dropped_everywhere(proc.pid)
+    print(f'confined restart with idle keep-alive clients: back after {took:.2f} s')
