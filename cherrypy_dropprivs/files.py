@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterable, List, Optional, Protocol, Tuple
+from typing import Iterable, List, Optional, Protocol, Tuple, TypeVar
 
 #: As the kernel: more symlinks than this in one resolution is ELOOP.
 MAX_SYMLINKS = 40
@@ -105,25 +105,35 @@ def _join(parts: List[str]) -> str:
     return '/' + '/'.join(parts)
 
 
-class Parent:
-    """The directory holding a path's last entry, open, checked; close() it."""
+_Fd = TypeVar('_Fd', bound='_OpenFd')
 
-    __slots__ = ('fd', 'name', 'real')
 
-    def __init__(self, fd: int, name: str, real: str) -> None:
-        #: ``real``: the path as walked, every symlink replaced by its target.
-        self.fd, self.name, self.real = fd, name, real
+class _OpenFd:
+    """A descriptor owned by the object: ``close()`` it, or use ``with``."""
+
+    __slots__: Tuple[str, ...] = ('fd',)
+    fd: int
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> Parent:
+    def __enter__(self: _Fd) -> _Fd:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Parent(_OpenFd):
+    """The directory holding a path's last entry, open, checked; close() it."""
+
+    __slots__ = ('name', 'real')
+
+    def __init__(self, fd: int, name: str, real: str) -> None:
+        #: ``real``: the path as walked, every symlink replaced by its target.
+        self.fd, self.name, self.real = fd, name, real
 
 
 def _walk_once(path: str, asked: str):
@@ -214,24 +224,13 @@ def _check_entry(asked: str, real: str, st: os.stat_result, kinds: Tuple[str, ..
                             + ' (a device, pipe or socket is left as it is)')
 
 
-class Opened:
+class Opened(_OpenFd):
     """A path's final entry, open read-only (O_NOFOLLOW) and checked; close() it."""
 
-    __slots__ = ('fd', 'st', 'real')
+    __slots__ = ('st', 'real')
 
     def __init__(self, fd: int, st: os.stat_result, real: str) -> None:
         self.fd, self.st, self.real = fd, st, real
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> Opened:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_existing(path: str, kinds: Tuple[str, ...] = ('file',)) -> Opened:

@@ -122,7 +122,8 @@ def format_ids(uid: int, gid: int, groups: Iterable[int]) -> str:
 MAX_NAME = 256
 
 
-def _check_type(what: str, value: object) -> None:
+def check_id_form(what: str, value: object) -> None:
+    """The checks of a user or group that need no lookup (type, length)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(
             f'{what} must be {_ID_ACCEPTED.format(max=MAX_ID)}; '
@@ -154,19 +155,14 @@ Entry = Tuple[str, int, int, str, str]
 
 def resolve_uid(value: IdSpec) -> Tuple[int, Optional[Entry]]:
     """Return (uid, password entry or None) for a user name or number."""
-    _check_type('uid', value)
+    check_id_form('uid', value)
     return nameservice.ask(_lookup_uid, value)
 
 
 def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
     """Return the gid for a group name or number."""
-    _check_type(what, value)
+    check_id_form(what, value)
     return nameservice.ask(_lookup_gid, value, what)
-
-
-def check_id_form(what: str, value: object) -> None:
-    """The checks of a user or group that need no lookup (type, length)."""
-    _check_type(what, value)
 
 
 def check_groups_type(groups: object) -> Optional[Tuple[IdSpec, ...]]:
@@ -179,7 +175,7 @@ def check_groups_type(groups: object) -> Optional[Tuple[IdSpec, ...]]:
             f'[] for none, or None for the user\'s groups; got {groups!r}'
         )
     for g in groups:
-        _check_type('groups entry', g)
+        check_id_form('groups entry', g)
     return tuple(groups)
 
 
@@ -206,9 +202,9 @@ def resolve_identity(
     Asked of the name service from a child process (see nameservice), which
     also names the ids this process now has, for the log lines.
     """
-    _check_type('uid', uid)
+    check_id_form('uid', uid)
     if gid is not None:
-        _check_type('gid', gid)
+        check_id_form('gid', gid)
     entries = check_groups_type(groups)
     shown = (tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups()))
     fields, names = nameservice.ask(_lookup_identity, uid, gid, entries, shown)

@@ -120,15 +120,18 @@ class Readiness:
         if not getattr(self.bus, 'execv', False):
             self._send('STOPPING=1', 'STATUS=stopping')
 
-    def _graceful_begins(self) -> None:
+    def _serving(self) -> bool:
         # A SIGUSR1 during the start (still root, the drop not done) must not
         # make systemd think the site is up: a graceful only re-confirms an
         # earlier READY=1 of this image.
-        if self.ready_sent and self.bus.state == states.STARTED:
+        return self.ready_sent and self.bus.state == states.STARTED
+
+    def _graceful_begins(self) -> None:
+        if self._serving():
             self._reloading('reloading (graceful)')
 
     def _graceful_done(self) -> None:
-        if self.ready_sent and self.bus.state == states.STARTED:
+        if self._serving():
             self._ready()
 
     # -- the watchdog ---------------------------------------------------------------
