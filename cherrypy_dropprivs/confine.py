@@ -15,7 +15,7 @@ first), so every worker inherits the domain; the main thread confines itself
 right after the verified drop; older CherryPy background tasks do it on their
 next run (drop.apply_to_existing_threads). Then every thread of
 /proc/self/task must have probed itself confined (workers through their own
-queue, gate.run_in_workers) before the gate opens.
+queue, run_in_workers) before the gate opens.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import landlock
@@ -410,7 +412,7 @@ def thread_actions(confinement: landlock.Confinement) -> List[Callable[[], None]
 def after_verified_drop(plugin, confinement: landlock.Confinement, adapters) -> None:
     """Confine the main thread, then require every thread's own probe; raises
     PrivilegeDropError (the plugin fails closed) naming each thread left out."""
-    from . import drop, gate, handoff
+    from . import drop, handoff
     from .errors import PrivilegeDropError, VerificationError
     from .kernel import thread_creds
 
@@ -419,7 +421,7 @@ def after_verified_drop(plugin, confinement: landlock.Confinement, adapters) -> 
         handoff.KEEPER.exec_env.update(confinement.exec_environment())
     except OSError as e:
         raise PrivilegeDropError('landlock_restrict_self', 'the main thread could not be confined', e) from e
-    gate.run_in_workers(adapters, confinement.record_probe)
+    run_in_workers(adapters, confinement.record_probe)
 
     def need(creds) -> Optional[str]:
         return None if not confinement.unconfined([creds.tid]) else 'not confined (no Landlock probe from it)'
@@ -437,3 +439,55 @@ def after_verified_drop(plugin, confinement: landlock.Confinement, adapters) -> 
     plugin._log(f'confined ({how}): {len(rules.paths)} path rules, connect to '
                 f'{list(rules.connect_ports) or "no port"}, no bind; verified by a probe in each '
                 f'of {len(threads)} threads')
+
+
+class _WorkerJob:
+    """Taken from a cheroot pool's queue like a connection: ``communicate()``
+    runs ``fn`` in the worker, then waits for the other jobs of its pool, so
+    that each job lands in a different worker."""
+
+    class _NoStream:
+        bytes_read = bytes_written = 0  # what a worker adds up when statistics are on
+
+    requests_seen = 0
+    remote_addr = remote_port = None
+    rfile = wfile = _NoStream()
+
+    def __init__(self, fn: Callable[[], None], barrier: threading.Barrier, timeout: float) -> None:
+        self.fn, self.barrier, self.timeout = fn, barrier, timeout
+        self.done = threading.Event()
+
+    def communicate(self) -> bool:
+        try:
+            self.fn()
+        finally:
+            self.done.set()
+            try:
+                self.barrier.wait(self.timeout)
+            except threading.BrokenBarrierError:
+                pass
+        return False  # "close the connection": there is none
+
+    def close(self) -> None:
+        return None
+
+
+def run_in_workers(adapters, fn: Callable[[], None], timeout: float = 2.0) -> int:
+    """Run ``fn`` once in every worker thread of each held server, before the
+    gate opens (all workers idle then); how many ran within ``timeout``."""
+    jobs: List[_WorkerJob] = []
+    for adapter in adapters:
+        pool = getattr(getattr(adapter, 'httpserver', None), 'requests', None)
+        workers = len(getattr(pool, '_threads', None) or ())
+        queue = getattr(pool, '_queue', None)
+        if not workers or queue is None:
+            continue
+        barrier = threading.Barrier(workers)
+        for _ in range(workers):
+            job = _WorkerJob(fn, barrier, timeout)
+            queue.put(job)
+            jobs.append(job)
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job.done.wait(max(0.0, deadline - time.monotonic()))
+    return sum(job.done.is_set() for job in jobs)

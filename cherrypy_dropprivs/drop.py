@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import kernel, nameservice
 from .errors import PrivilegeDropError, VerificationError
@@ -123,8 +122,13 @@ def carry_out(plan: Plan) -> DropRecord:
     # could not start the threads it still needs (nor re-exec).
     check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
     tty: Tuple[str, ...] = ()
-    if outcome == DROPPED or _foreign_terminal():
-        tty = tuple(_step('give up the controlling terminal', kernel.give_up) or ())
+    if _step('look at the controlling terminal', kernel.tty_nr) and (
+            outcome == DROPPED or _foreign_terminal()):
+        from . import terminal  # only with a controlling terminal
+
+        tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
+    if plan.no_new_privs:
+        kernel.preload_libc()
     if outcome == DROPPED:
         switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
@@ -178,7 +182,9 @@ def drop_privileges(
 
 def _foreign_terminal() -> bool:
     """Not root, but with a controlling terminal that belongs to another user (root's)."""
-    owner = _step('look at the controlling terminal', kernel.terminal_owner)
+    from . import terminal
+
+    owner = _step('look at the controlling terminal', terminal.terminal_owner)
     return owner is not None and owner != os.getuid()
 
 
@@ -331,14 +337,6 @@ def verify_dropped(target: Identity, no_new_privs: bool = False) -> int:
     return verify_threads(target, no_new_privs)
 
 
-#: Longest the drop waits for a background task's next run (seconds).
-MAX_WAIT = 5.0
-
-
-#: Added to a task's interval: the time its function may itself take.
-SLACK = 1.0
-
-
 def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool,
              need: Optional[Callable[[ThreadCreds], Optional[str]]] = None) -> List[str]:
     out = []
@@ -355,54 +353,10 @@ def _lacking(t: ThreadCreds, clear_caps: bool, no_new_privs: bool,
     return out
 
 
-def _is_task(t: object) -> bool:
-    """A CherryPy ``BackgroundTask`` (duck-typed: this module stays free of
-    CherryPy imports): a thread that calls ``function`` every ``interval``."""
-    return callable(getattr(t, 'function', None)) and isinstance(getattr(t, 'interval', None), (int, float))
-
-
-def _wrap(task, actions: Sequence[Callable[[], None]]) -> threading.Event:
-    done = threading.Event()
-    original = task.function
-
-    def once(*args, **kwargs):
-        task.function = original
-        try:
-            for action in actions:
-                action()
-        except Exception as e:  # the drop fails closed; never run the task as it was
-            task._dropprivs_error = e
-            raise
-        finally:
-            done.set()
-        return original(*args, **kwargs)
-
-    task.function = once
-    return done
-
-
-#: How long a thread that lacks something may take to finish exiting (e.g. the
-#: accept thread of a server stopped just before an engine.start() in the same
-#: process): gone, it serves nothing.
-EXITING = 1.0
-
-
-def _still_there(threads: List[ThreadCreds], within: float) -> List[ThreadCreds]:
-    """The ones of ``threads`` still alive after up to ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        alive = {c.tid for c in thread_creds('self')}
-        threads = [c for c in threads if c.tid in alive]
-        if not threads or time.monotonic() >= deadline:
-            return threads
-        time.sleep(0.01)
-
-
 def apply_to_existing_threads(
     actions: Sequence[Callable[[], None]],
     clear_caps: bool,
     no_new_privs: bool,
-    max_wait: float = MAX_WAIT,
     need: Optional[Callable[[ThreadCreds], Optional[str]]] = None,
 ) -> int:
     """Run ``actions`` in every older background thread that needs them.
@@ -415,110 +369,13 @@ def apply_to_existing_threads(
     if not actions or not (clear_caps or no_new_privs or need):
         return 0
     me = threading.get_native_id()
-    by_tid: Dict[int, Any] = {
-        t.native_id: t for t in threading.enumerate() if t.native_id is not None
-    }
-    waits = []
-    swept = thread_creds('self')
-    for creds in swept:
-        if creds.tid == me or not _lacking(creds, clear_caps, no_new_privs, need):
-            continue
-        t: Any = by_tid.get(creds.tid)
-        if _is_task(t) and getattr(t, 'running', False):
-            waits.append((t, _wrap(t, actions), min(t.interval + SLACK, max_wait)))
-    start = time.monotonic()
-    for _task, done, limit in waits:
-        done.wait(max(0.0, limit - (time.monotonic() - start)))
-    left = [c for c in (thread_creds('self') if waits else swept)  # read again only after waiting
-            if c.tid != me and _lacking(c, clear_caps, no_new_privs, need)]
-    if left:
-        left = _still_there(left, EXITING)
-    problems = []
-    for creds in left:
-        lacking = _lacking(creds, clear_caps, no_new_privs, need)
-        t = by_tid.get(creds.tid)
-        name = repr(t.name) if t is not None else f'{creds.name!r} (not a Python thread)'
-        why = ', '.join(lacking)
-        if _is_task(t):
-            err = getattr(t, '_dropprivs_error', None)
-            hint = (f'it failed to change itself: {err}' if err is not None else
-                    f'it did not run within {min(t.interval + SLACK, max_wait):.1f}s '
-                    f'(interval {t.interval}s); start it after the drop, or use an interval '
-                    f'under {max_wait - SLACK:.0f}s')
-        else:
-            hint = ('it was started before the drop and cannot be reached from here; '
-                    'start it after the drop (e.g. from a start listener above the drop\'s priority)')
-        problems.append(f'thread {creds.tid} {name}: {why}; {hint}')
-    if problems:
-        raise PrivilegeDropError(
-            'threads', 'capabilities, no_new_privs and Landlock are per thread, and these '
-            'threads still differ: ' + '; '.join(problems))
-    return len(waits)
+    lacking = [c for c in thread_creds('self')
+               if c.tid != me and _lacking(c, clear_caps, no_new_privs, need)]
+    if not lacking:
+        return 0  # the usual case: one sweep, nothing to reach
+    from .older_threads import reach
 
-
-def _stat(pid: str) -> Optional[Tuple[int, str, str]]:
-    """(ppid, state, comm) of ``pid``, or None if it is gone."""
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as f:
-            data = f.read()
-    except OSError:
-        return None
-    comm = data[data.index(b'(') + 1:data.rindex(b')')].decode(errors='replace')
-    fields = data[data.rindex(b')') + 2:].split()
-    return int(fields[1]), fields[0].decode(), comm
-
-
-def descendants(pid: Optional[int] = None) -> Dict[int, Tuple[int, str, str]]:
-    """Every live descendant of ``pid`` (default: this process): {pid: (ppid, state, comm)}."""
-    root = os.getpid() if pid is None else pid
-    table = {}
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            info = _stat(entry)
-            if info is not None:
-                table[int(entry)] = info
-    found: Dict[int, Tuple[int, str, str]] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for child, info in table.items():
-            if info[0] == parent and child not in found and child != root:
-                found[child] = info
-                frontier.append(child)
-    return found
-
-
-def root_held(pid: int) -> List[str]:
-    """What of root ``pid`` holds, over all its threads; [] if nothing (or gone)."""
-    try:
-        threads = thread_creds(pid)
-    except OSError:
-        return []
-    held = []
-    for t in threads:
-        for label, ids in (('Uid', t.uids), ('Gid', t.gids)):
-            if 0 in ids and f'{label} {" ".join(map(str, ids))}' not in held:
-                held.append(f'{label} {" ".join(map(str, ids))}')
-        if 0 in t.groups and 'group 0' not in held:
-            held.append('group 0')
-        for label, value in (('CapPrm', t.cap_prm), ('CapEff', t.cap_eff), ('CapAmb', t.cap_amb),
-                             ('CapInh', t.cap_inh)):
-            if value and not any(h.startswith(label) for h in held):
-                held.append(f'{label} {value:016x}')
-    return held
-
-
-def problems() -> List[str]:
-    """One line per live descendant that still holds root."""
-    out = []
-    for pid, (ppid, state, comm) in sorted(descendants().items()):
-        if state in ('Z', 'X'):  # exited, not yet reaped: holds nothing
-            continue
-        held = root_held(pid)
-        if held:
-            rel = 'child' if ppid == os.getpid() else f'descendant (parent {ppid})'
-            out.append(f'{rel} process {pid} ({comm}) holds {", ".join(held)}')
-    return out
+    return reach(lacking, actions, lambda c: _lacking(c, clear_caps, no_new_privs, need))
 
 
 def _has_children() -> bool:
@@ -535,7 +392,9 @@ def verify_no_root_children() -> None:
     """Fail closed (VerificationError) naming every descendant that still holds root."""
     if not _has_children():
         return  # the usual case: no scan of /proc
-    found = problems()
+    from .processes import root_holding_descendants  # a scan of /proc: only with children
+
+    found = root_holding_descendants()
     if found:
         raise VerificationError(
             'child processes',
@@ -550,41 +409,10 @@ def verify_no_root_children() -> None:
 RESERVE = 2
 
 
-def tasks_of_uid(uid: int, exclude_pid: int) -> int:
-    """Tasks (threads) of processes whose real uid is ``uid``, from /proc, but ``exclude_pid``'s."""
-    n = 0
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit() or int(entry) == exclude_pid:
-            continue
-        try:
-            with open(f'/proc/{entry}/status') as f:
-                real = threads = None
-                for line in f:
-                    if line.startswith('Uid:'):
-                        real = int(line.split()[1])
-                    elif line.startswith('Threads:'):
-                        threads = int(line.split()[1])
-                        break
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or a kernel thread without these lines
-        if real == uid and threads:
-            n += threads
-    return n
-
-
 def later_threads() -> int:
     """Threads this process will still start: one per held cheroot server, plus RESERVE."""
     servers = sum(1 for t in threading.enumerate() if t.name.startswith('HTTPServer '))
     return servers + RESERVE
-
-
-def needed(uid: int) -> Tuple[int, int, int, int]:
-    """(total, other tasks of uid, this process's threads, later threads)."""
-    me = os.getpid()
-    others = tasks_of_uid(uid, me)
-    mine = len(os.listdir('/proc/self/task'))
-    later = later_threads()
-    return others + mine + later, others, mine, later
 
 
 def _tasks_on_system() -> int:
@@ -603,7 +431,12 @@ def check_nproc(uid: int) -> None:
     soft = kernel.nproc_soft_limit()
     if soft is None or _tasks_on_system() + later_threads() <= soft:
         return  # even every task on the system would fit: no scan of /proc
-    total, others, mine, later = needed(uid)
+    from .processes import tasks_of_uid  # a scan of /proc: only near the limit
+
+    others = tasks_of_uid(uid, os.getpid())
+    mine = len(os.listdir('/proc/self/task'))
+    later = later_threads()
+    total = others + mine + later
     if total > soft:
         raise PrivilegeDropError(
             'RLIMIT_NPROC',

@@ -23,7 +23,7 @@ import cheroot.server
 from cherrypy import _cpserver
 from cherrypy.process import servers as cp_servers
 
-from . import kernel, patches
+from . import patches
 from .handoff import KEEPER, adapter_key, describe, hold_backlog, listening_problem, server_adapters
 
 
@@ -285,7 +285,9 @@ def port_holders(addr) -> str:
     port this process could not bind; '' when nobody else does."""
     if not isinstance(addr, tuple) or not addr[1]:
         return ''
-    holders = kernel.listeners_on_port(int(addr[1]))
+    from .processes import listeners_on_port  # a scan of /proc, on a failure only
+
+    holders = listeners_on_port(int(addr[1]))
     if not holders:
         return ''
     return (f'port {addr[1]} is held by another process: '
@@ -310,55 +312,3 @@ def unbound_reason(adapter) -> str:
     if not patches.replaced(hs, 'serve'):
         return 'it is not held by the gate'
     return 'it is not running'
-
-
-class _WorkerJob:
-    """Taken from a cheroot pool's queue like a connection: ``communicate()``
-    runs ``fn`` in the worker, then waits for the other jobs of its pool, so
-    that each job lands in a different worker."""
-
-    class _NoStream:
-        bytes_read = bytes_written = 0  # what a worker adds up when statistics are on
-
-    requests_seen = 0
-    remote_addr = remote_port = None
-    rfile = wfile = _NoStream()
-
-    def __init__(self, fn: Callable[[], None], barrier: threading.Barrier, timeout: float) -> None:
-        self.fn, self.barrier, self.timeout = fn, barrier, timeout
-        self.done = threading.Event()
-
-    def communicate(self) -> bool:
-        try:
-            self.fn()
-        finally:
-            self.done.set()
-            try:
-                self.barrier.wait(self.timeout)
-            except threading.BrokenBarrierError:
-                pass
-        return False  # "close the connection": there is none
-
-    def close(self) -> None:
-        return None
-
-
-def run_in_workers(adapters, fn: Callable[[], None], timeout: float = 2.0) -> int:
-    """Run ``fn`` once in every worker thread of each held server, before the
-    gate opens (all workers idle then); how many ran within ``timeout``."""
-    jobs: List[_WorkerJob] = []
-    for adapter in adapters:
-        pool = getattr(getattr(adapter, 'httpserver', None), 'requests', None)
-        workers = len(getattr(pool, '_threads', None) or ())
-        queue = getattr(pool, '_queue', None)
-        if not workers or queue is None:
-            continue
-        barrier = threading.Barrier(workers)
-        for _ in range(workers):
-            job = _WorkerJob(fn, barrier, timeout)
-            queue.put(job)
-            jobs.append(job)
-    deadline = time.monotonic() + timeout
-    for job in jobs:
-        job.done.wait(max(0.0, deadline - time.monotonic()))
-    return sum(job.done.is_set() for job in jobs)

@@ -8,7 +8,7 @@ systemd's LISTEN_FDS and nginx's binary upgrade do. Across a re-exec the
 socket keeps listening: clients wait in the backlog and none is refused.
 After a plain stop it is *paused* (``shutdown``: not listening, so clients
 are refused as by a closed port, but still bound). The hand-over is checked,
-never trusted: see SocketKeeper.adopt_inherited. The checks here name the
+never trusted: the new image adopts in reexec.py. The checks here name the
 file, port or directory a re-executed process would trip over, instead of a
 traceback from deep inside CherryPy or cheroot.
 """
@@ -108,10 +108,31 @@ class SocketKeeper:
             except OSError:
                 pass
 
+    def sockets(self) -> List[socket.socket]:
+        return list(self._kept.values())
+
     def fds(self) -> Dict[str, int]:
         return {k: s.fileno() for k, s in self._kept.items()}
 
     # -- across execv -------------------------------------------------------
+
+    def adopt_inherited(self, expected: Dict[str, Addr], holds_root: bool) -> List[str]:
+        """Adopt the sockets our own execv handed over; returns what was refused.
+
+        The hand-over is only a hint in the environment, which whoever starts
+        the process controls: a root start adopts nothing (it binds its own
+        sockets, and the described fds are not touched); see reexec.adopt.
+        """
+        raw = os.environ.pop(HANDOFF_ENV, None)
+        if not raw or holds_root:
+            return []
+        from . import reexec  # only in an image re-executed by a restart
+
+        return reexec.adopt(self, raw, expected)
+
+    def put(self, key: str, sock: socket.socket) -> None:
+        """Own ``sock`` (adopted across the re-exec) as the kept socket for ``key``."""
+        self._kept[key] = sock
 
     def prepare_exec(self, daemonized: bool = False) -> None:
         """Make the kept sockets inheritable and describe them in the environment.
@@ -142,91 +163,6 @@ class SocketKeeper:
         if self._fd3_handed:
             os.set_inheritable(3, True)
 
-    def adopt_inherited(self, expected: Dict[str, Addr], holds_root: bool) -> List[str]:
-        """Adopt the sockets our own execv handed over; returns what was refused.
-
-        The hand-over is only a hint in the environment, which whoever starts
-        the process controls. So a root start adopts nothing (it binds its own
-        sockets), and a re-executed process adopts only a listening stream
-        socket whose address matches the configured server of the same key
-        (``expected``: key -> configured bind address). Anything else is
-        returned as a reason, for the caller to fail closed with.
-        """
-        raw = os.environ.pop(HANDOFF_ENV, None)
-        if not raw:
-            return []
-        if holds_root:
-            return []  # binds afresh; the described fds are not touched
-        try:
-            data = json.loads(raw)
-            pid, sockets = data['pid'], dict(data['sockets'])
-        except (ValueError, KeyError, TypeError) as e:
-            return [f'{HANDOFF_ENV} is malformed ({e!r})']
-        if pid != os.getpid():
-            return []  # inherited by some other program's child: not ours
-        self.daemonized = data.get('daemonized') is True
-        refused = []
-        for key, fd in sockets.items():
-            why = _unadoptable(key, fd, expected)
-            if why:
-                refused.append(f'fd {fd} ({key}): {why}')
-                continue
-            sock = socket.socket(fileno=fd)
-            sock.set_inheritable(False)
-            self._kept[key] = sock
-        self.adopted_from_exec = bool(self._kept)
-        return refused
-
-    def proves_root_start(self) -> bool:
-        """Whether an adopted socket is one only root could have bound: a TCP
-        port below ip_unprivileged_port_start. The environment can be forged;
-        a bound privileged port cannot (short of a process holding
-        CAP_NET_BIND_SERVICE, or the dropped site itself handing its own
-        sockets on). The socket must also be in this process's network
-        namespace: in a user namespace of its own, any user is root of a new
-        network namespace and may bind its privileged ports."""
-        limit = unprivileged_port_start()
-        own = netns_cookie()
-        return own is not None and any(
-            s.family in (socket.AF_INET, socket.AF_INET6) and 0 < s.getsockname()[1] < limit
-            and netns_cookie(s) == own for s in self._kept.values())
-
-
-def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:
-    """Why the handed-over ``fd`` must not be adopted for ``key``, or None."""
-    if key not in expected:
-        return 'no configured server has this address'
-    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 3:
-        return 'not a descriptor number above 2'
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError as e:
-        return f'not an open socket ({e.strerror})'
-    try:
-        if sock.type != socket.SOCK_STREAM:
-            return f'a {sock.type.name} socket, not a stream socket'
-        own, its = netns_cookie(), netns_cookie(sock)
-        if own is not None and its != own:
-            return 'bound in another network namespace'
-        return listening_problem(sock, expected[key])
-    finally:
-        sock.close()
-
-
-#: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE): the socket's network namespace (Linux 5.14+).
-SO_NETNS_COOKIE = 71
-
-
-def netns_cookie(sock: Optional[socket.socket] = None) -> Optional[int]:
-    """The network namespace cookie of ``sock`` (default: this process's own,
-    through a fresh socket); None where the kernel cannot tell."""
-    try:
-        if sock is None:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
-                return netns_cookie(probe)
-        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
-    except OSError:
-        return None
 
 
 def hold_backlog() -> int:
@@ -451,50 +387,6 @@ def can_bind_again(bind_addr: Union[tuple, str, bytes, None]) -> bool:
     return not st_dir.st_mode & 0o1000 or me in (st_dir.st_uid, st_file.st_uid)
 
 
-def cannot_listen(servers: Sequence[ServerInfo], socket_activation: bool = False) -> List[str]:
-    """Servers this (non-root) process could neither adopt a socket for nor bind."""
-    out = []
-    limit = unprivileged_port_start()
-    privileged = can_bind_privileged()
-    for server in servers:
-        addr = server.bind_addr
-        if server.has_socket or addr is None:
-            continue
-        if isinstance(addr, (tuple, list)):
-            if socket_activation:
-                continue  # cheroot takes fd 3 from the activating manager
-            port = int(addr[1])
-            if 0 < port < limit and not privileged:
-                out.append(f'server {server.description}: port {port} is privileged (below {limit}), '
-                           f'this process runs as {whoami()} without CAP_NET_BIND_SERVICE, and it '
-                           f'has no listening socket to adopt for it')
-            continue
-        path = os.fsdecode(addr)
-        if path.startswith('\0') or not path:
-            continue  # abstract namespace: nothing on disk to recreate
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.access(parent, os.W_OK | os.X_OK):
-            out.append(f'server {server.description}: the UNIX socket {path} cannot be recreated '
-                       f'by {whoami()} ({parent} is not writable), and there is no listening '
-                       f'socket to adopt for it')
-    return out
-
-
-def no_socket_message(problems: Sequence[str], handed_over: bool) -> str:
-    why = (
-        'Sockets were handed over across the re-exec, but not for these servers'
-        if handed_over else
-        'No listening socket was handed over: this is a re-executed process whose sockets '
-        'were not kept, or a process started directly as an unprivileged user'
-    )
-    return (
-        f'No sockets to adopt: {"; ".join(problems)}. {why}. Start the site as root (the '
-        f'plugin binds, drops, and keeps the sockets for restarts), under systemd socket '
-        f'activation, or with CAP_NET_BIND_SERVICE; or listen on a port >= '
-        f'{unprivileged_port_start()}'
-    )
-
-
 def listener_owners(bus, channel: str, cls: type) -> list:
     """Every ``cls`` plugin with a listener on ``channel`` (a listener this
     package put in place of a plugin's own names that plugin)."""
@@ -604,25 +496,6 @@ def daemonizers(bus) -> List[Daemonizer]:
     return listener_owners(bus, 'start', Daemonizer)
 
 
-def stay_daemonized(bus) -> None:
-    """In an image re-executed by a daemon: the Daemonizer (65) must not fork
-    again. The process is still detached (session, streams); a new pid would
-    leave the PID file root wrote pointing at nothing, and only root could
-    rewrite it. CherryPy's Daemonizer forks even when it says "Already
-    daemonized", and the bus already holds its start listener for this
-    publish, so its fork is made a no-op on the instance."""
-    for d in daemonizers(bus):
-        d.finalized = True
-        patches.replace(d, 'daemonize', _already_daemonized)
-    if daemonizers(bus):
-        bus.log(f'dropprivs: already daemonized before the re-exec: not forking again '
-                f'(pid {os.getpid()} kept)')
-
-
-def _already_daemonized(*args, **kwargs) -> None:
-    return None
-
-
 def autoreload_on(bus) -> bool:
     reloader = getattr(bus, 'autoreload', None)
     return reloader is not None and any(
@@ -632,18 +505,6 @@ def autoreload_on(bus) -> bool:
 def startup_cwd() -> str:
     """The directory the bus chdirs to before it re-executes."""
     return getattr(wspbus, '_startup_cwd', None) or os.getcwd()
-
-
-def cannot_serve(bus) -> Optional[str]:
-    """A fatal problem for a non-root process about to start its servers, or None."""
-    infos = server_infos(server_adapters(bus))
-    tls = unreadable_tls(infos)
-    if tls:
-        return f'cannot start the servers: {"; ".join(tls)}'
-    problems = cannot_listen(infos, socket_activation=bool(os.environ.get('LISTEN_PID')))
-    if problems:
-        return no_socket_message(problems, KEEPER.adopted_from_exec)
-    return None
 
 
 def restart_warnings(bus, adapters) -> List[str]:

@@ -32,16 +32,16 @@ TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ('cherrypy.process.servers (module)', 'portend', 'handoff', 'a kept port counts as free'),
     ('cherrypy.process.plugins.Daemonizer (instance)', 'daemonize', 'handoff',
      'no second fork in a re-executed daemon'),
-    ('cherrypy.process.plugins.Daemonizer (instance)', 'stdin, stdout, stderr', 'preflight',
+    ('cherrypy.process.plugins.Daemonizer (instance)', 'stdin, stdout, stderr', 'pidfile',
      'files opened through the safe walk, as root'),
-    ('cherrypy.process.plugins.PIDFile (instance)', '__class__', 'preflight',
+    ('cherrypy.process.plugins.PIDFile (instance)', '__class__', 'pidfile',
      'SafePIDFile: the PID file written through the safe walk'),
     ('cherrypy._cplogging.LogManager (class)', '_add_builtin_file_handler, _set_file_handler', 'preflight',
      'log files opened through the safe walk, as root'),
     ('bus "graceful" listener', 'LogManager.reopen_files', 'preflight', 'a reopen that cannot hang'),
     ('cheroot.connections.ConnectionManager (instance)', '_expire', 'liveness',
      'the accept loop\'s heartbeat for the systemd watchdog (only with WATCHDOG_USEC)'),
-    ('bus "exit" listener', 'PIDFile.exit', 'preflight', 'say when the PID file cannot be removed'),
+    ('bus "exit" listener', 'PIDFile.exit', 'pidfile', 'say when the PID file cannot be removed'),
 )
 
 #: The marker: on each patched object, attribute name -> what was there.

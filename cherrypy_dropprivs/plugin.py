@@ -323,7 +323,7 @@ class DropPrivileges(SimplePlugin):
         if self.confine is not False and self._confinement is None:
             from . import confine
             self._confinement = confine.arm(self, self._fail)
-        self._secure_files_root_opens()
+        preflight.secure_root_opens(self.bus)
         self._hold_servers()
         self._fail_if_cannot_serve()
 
@@ -337,8 +337,9 @@ class DropPrivileges(SimplePlugin):
             return plan, self.record.outcome
         self._adopt_handed_over_sockets()
         if KEEPER.daemonized:
-            handoff.stay_daemonized(self.bus)
-        if plan.require_root and not holds_root() and KEEPER.proves_root_start():
+            from . import reexec
+            reexec.stay_daemonized(self.bus)
+        if plan.require_root and not holds_root() and _proves_root_start():
             # Re-executed by our own restart: root was checked (and dropped)
             # before the exec, and a socket only root could bind proves it.
             plan = plan.replace(require_root=False)
@@ -346,12 +347,6 @@ class DropPrivileges(SimplePlugin):
             return plan, classify(plan)
         except PrivilegeDropError as e:
             self._fail(str(e), EXIT_DROP_FAILED)
-
-    def _secure_files_root_opens(self) -> None:
-        """Before the Daemonizer (65) and PIDFile (70) open files, as root."""
-        if holds_root():
-            preflight.secure_daemonizer_files(self.bus)
-        preflight.secure_pidfiles(self.bus)  # safe walk as root, mode 0644
 
     def _hold_servers(self) -> None:
         """Every server waits at the closed gate; its threads run the per-thread actions."""
@@ -378,7 +373,8 @@ class DropPrivileges(SimplePlugin):
 
     def _fail_if_cannot_serve(self) -> None:
         if not holds_root():  # e.g. re-executed after the drop: fail clearly, not in cheroot
-            problem = handoff.cannot_serve(self.bus)
+            from . import reexec
+            problem = reexec.cannot_serve(self.bus)
             if problem:
                 self._fail(problem, EXIT_DROP_FAILED)
 
@@ -512,6 +508,11 @@ class DropPrivileges(SimplePlugin):
         exit_now(self.bus.log, msg, status)
 
 
+
+
+def _proves_root_start() -> bool:
+    from . import reexec
+    return reexec.proves_root_start(KEEPER)
 
 
 def _mask(umask: Optional[int]) -> str:

@@ -4,7 +4,7 @@ Collects paths from the running configuration (log handlers of cherrypy.log
 and of every mounted application, session storage paths, the Autoreloader's
 watch list, PIDFile plugins). As root, CherryPy's log files are opened
 through the safe walk (files) instead of ``open()``, PID files are written
-root's, 0644, in a directory only root can write, and before the drop the
+root's, 0644, in a directory only root can write (pidfile), and before the drop the
 files the target must keep writing are handed over on their descriptors;
 anything unsafe fails the start closed. What the target still could not do
 is logged as a WARNING (files' findings, also printed by the check command).
@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 import cherrypy
 from cherrypy import _cplogging
@@ -26,7 +26,6 @@ from cherrypy.process.plugins import Autoreloader, PIDFile
 
 from . import drop, handoff, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
-from .errors import EXIT_DROP_FAILED, PrivilegeDropError, exit_now
 from .identity import Identity
 
 if TYPE_CHECKING:
@@ -120,45 +119,6 @@ def check(bus, target: Identity) -> List[Finding]:
     return out
 
 
-def log_stream_problems(target: Identity) -> List[str]:
-    """One message per log file opened as root that is not safe; [] if none.
-
-    Every FileHandler's open stream must be the regular file (one link) that
-    its path resolves to by the safe walk (files; device and inode compared). A
-    path refused when the config was applied (install, below) counts too.
-    """
-    bad = dict(refused())
-    handlers = file_handlers()
-    if not (bad or handlers):
-        return []
-    from . import files
-    from .files import UnsafePath
-
-    for h in handlers:
-        path = os.path.abspath(h.baseFilename)
-        stream = getattr(h, 'stream', None)
-        if path in bad:
-            continue
-        if stream is None:  # delay=True: nothing opened yet; it will be, as the target
-            reason = files.problem(path)
-            if reason:
-                bad[path] = reason
-            continue
-        try:
-            opened = os.fstat(stream.fileno())
-            found = files.identify(path)
-        except UnsafePath as e:
-            bad[path] = e.reason
-            continue
-        except (OSError, ValueError) as e:
-            bad[path] = f'cannot be checked ({getattr(e, "strerror", None) or e})'
-            continue
-        if (opened.st_dev, opened.st_ino) != found:
-            bad[path] = ('the file open as root is not the one the path leads to: it was '
-                         'replaced, or reached through a link, after it was opened')
-    return [str(files.log_unsafe(path, reason, target)) for path, reason in bad.items()]
-
-
 def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Report:
     """Hand files to ``target`` (as root, before the drop), then check what is left.
 
@@ -171,224 +131,22 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
         for lm in log_managers():
             make_reopen_safe(bus, lm)
         return report
-    from . import files
-    from .files import UnsafePath, hand_over_or_raise
+    from .handover import hand_over_files  # only with files to hand over or secure
 
-    user = target.user or str(target.uid)
-    unsafe: List[str] = log_stream_problems(target)
-    if unsafe:  # nothing is handed over from a process that holds an unsafe stream
-        raise PrivilegeDropError('unsafe paths', '; '.join(unsafe))
-
-    def give(path: str, kind: str, directory_ok: bool = False) -> None:
-        try:
-            hand_over_or_raise(path, target, directory_ok=directory_ok)
-            report.handed_over.append(path)
-        except UnsafePath as e:
-            maker = files.chown_unsafe if kind == 'chown' else files.log_unsafe
-            unsafe.append(str(maker(path, e.reason, target)))
-        except FileNotFoundError:
-            if kind == 'chown':
-                report.findings.append(files.make('chown', files.CHOWN_MISSING, path, user=user))
-        except OSError as e:
-            template = files.CHOWN_REFUSED if kind == 'chown' else files.LOG_NOT_HANDED_OVER
-            report.findings.append(files.make(kind, template, path, user=user,
-                                          reason=f'{e.filename or path}: {e.strerror}'))
-
-    if chown_logs:
-        for path in log_files():
-            give(path, 'log')
-    for path in chown:
-        give(os.path.abspath(path), 'chown', directory_ok=True)
-    for pf in pidfile_plugins(bus):
-        # Written by the safe writer (secure_pidfiles) or, if that was not put in
-        # place, by CherryPy: then it must at least be safe now, root's, 0644.
-        path = os.path.abspath(pf.pidfile)
-        try:
-            if os.path.lexists(path):
-                files.secure_root_file(path, PIDFILE_MODE)
-            else:
-                reason = files.problem(path)
-                if reason:
-                    raise UnsafePath(path, reason)
-        except UnsafePath as e:
-            unsafe.append(str(files.pidfile_unsafe(path, e.reason)))
-        except OSError as e:
-            unsafe.append(str(files.pidfile_unsafe(path, f'{e.filename or path}: {e.strerror}')))
-    if unsafe:
-        raise PrivilegeDropError('unsafe paths', '; '.join(unsafe))
-    handed_back = {f.path for f in report.findings}
-    for finding in check(bus, target):
-        if not (finding.kind == 'log' and finding.path in handed_back):
-            report.findings.append(finding)
-    for pf in pidfile_plugins(bus):
-        if files.check_pidfile(pf.pidfile, target) is not None:
-            report_pidfile_at_exit(bus, pf)
-    for lm in log_managers():
-        make_reopen_safe(bus, lm)
-    return report
+    return hand_over_files(bus, target, chown_logs, chown, report)
 
 
-#: A PID file is root's and readable by all: root's tools trust its contents.
-PIDFILE_MODE = 0o644
-
-
-def secure_pidfiles(bus) -> int:
-    """Make each PIDFile on the bus write its file safely; how many were changed.
-
-    Call before PIDFile's start runs (priority 70) in each start, e.g. from the
-    plugin's arm (priority 10). CherryPy's PIDFile opens the name as root,
-    follows symlinks and, under the Daemonizer's umask 0, creates it mode 0666.
-
-    The bus calls the listeners it listed when the publish began, so replacing
-    a listener during the ``start`` publish would come too late. Instead each
-    PIDFile becomes a :class:`SafePIDFile` (same object, same bound listener):
-    CherryPy's ``start`` first reads ``self.finalized``, and that read now
-    writes the file through :func:`write_pidfile` and answers True, so
-    CherryPy's own ``open()`` never runs (it logs "already written").
-    """
-    n = 0
-    for pf in pidfile_plugins(bus):
-        if isinstance(pf, SafePIDFile):
-            continue
-        # SafePIDFile.finalized is a property: it hides (and keeps) the instance's own.
-        patches.replace(pf, '_dropprivs_written', bool(pf.__dict__.get('finalized', False)))
-        patches.replace(pf, '__class__', SafePIDFile)
-        n += 1
-    return n
-
-
-def secure_daemonizer_files(bus) -> None:
-    """Open each Daemonizer's stdin/stdout/stderr through the safe walk, as root.
-
-    CherryPy's Daemonizer opens them by name at priority 65, as root, after
-    setting umask 0: through a symlink the target user planted (its own log
-    directory) that would hand the dropped process a descriptor on any file,
-    or create a world-writable one anywhere. Here each path is opened now by
-    :func:`files.open_append` (or read-only for stdin), and the Daemonizer is
-    given ``/proc/self/fd/N``, which reopens exactly that file. An unsafe path
-    fails the start closed. Call from the arm listener, as root.
-    """
-    for d in handoff.daemonizers(bus):
-        from . import files
-        from .files import UnsafePath, open_append
-
-        for attr in ('stdin', 'stdout', 'stderr'):
-            path = getattr(d, attr, None)
-            if not path or os.path.realpath(path) == os.devnull or str(path).startswith('/proc/self/fd/'):
-                continue
-            try:
-                if attr == 'stdin':
-                    with files.open_existing(path) as opened:
-                        fd = os.dup(opened.fd)
-                else:
-                    fd = open_append(path, 0o640)
-            except UnsafePath as e:
-                fail_closed(bus, f'Daemonizer {attr} {path}: {e.reason}; root opens it before the '
-                                 f'drop, so it must be in a directory only root can write '
-                                 f'(e.g. /var/log/mysite owned by root, mode 0755)')
-            except OSError as e:
-                fail_closed(bus, f'Daemonizer {attr} {path}: {e.strerror}')
-            os.set_inheritable(fd, False)
-            patches.replace(d, attr, f'/proc/self/fd/{fd}')
-
-
-class SafePIDFile(PIDFile):
-    """CherryPy's PIDFile, its file written by :func:`write_pidfile` (see secure_pidfiles)."""
-
-    @property
-    def finalized(self) -> bool:
-        if not self.__dict__.get('_dropprivs_written'):
-            write_pidfile(self.bus, self)
-            self.__dict__['_dropprivs_written'] = True
-        return True
-
-    @finalized.setter
-    def finalized(self, value: bool) -> None:
-        self.__dict__['_dropprivs_written'] = bool(value)
-
-
-def write_pidfile(bus, plugin: PIDFile) -> None:
-    """Write ``plugin``'s PID file safely, or end the process (status 77).
-
-    As root: only through the safe walk of :mod:`.files` (a directory only root can
-    write, ``O_NOFOLLOW``, one link), owner root, mode 0644 whatever the
-    umask. Without root: ``O_NOFOLLOW``, mode 0644, and a file that already
-    holds this pid (a process re-executed by a restart keeps its pid) is left
-    as it is. A refusal ends the process at once with one CRITICAL line: the
-    servers start next (75), and the bus would go on to start them.
-    """
-    from . import files
-    from .files import UnsafePath
-
-    pid = os.getpid()
-    path = os.path.abspath(plugin.pidfile)
-    data = f'{pid}\n'.encode()
-    try:
-        if os.geteuid() == 0:
-            files.write_root_file(path, data, PIDFILE_MODE)
-        elif _holds(path, data):
-            bus.log(f'PID {pid!r} already in {path!r} (re-executed with the same pid).')
-            return
-        else:
-            files.write_own_file(path, data, PIDFILE_MODE)
-    except UnsafePath as e:
-        fail_closed(bus, f'PID file: {files.pidfile_unsafe(path, e.reason)}')
-    except OSError as e:
-        fail_closed(bus, f'PID file: {path} could not be written as uid {os.geteuid()} '
-                         f'({e.strerror}); a restart after the drop cannot rewrite a PID file '
-                         f'root wrote. Fix: under systemd use no PID file (Type=simple)')
-    bus.log(f'PID {pid!r} written to {path!r} (mode {PIDFILE_MODE:04o}).')
-
-
-def _holds(path: str, data: bytes) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return os.read(fd, 64) == data
-    finally:
-        os.close(fd)
-
-
-def fail_closed(bus, msg: str, status: int = EXIT_DROP_FAILED) -> NoReturn:
-    """What the plugin's _fail does, for a listener of this module's own."""
-    exit_now(bus.log, msg, status)
-
-
-def pidfile_problem(path: str) -> Optional[str]:
-    """Why root could not safely write the PID file ``path`` (the check command)."""
-    from . import files
-
-    return files.problem(path)
-
-
-def report_pidfile_at_exit(bus, plugin: PIDFile) -> None:
-    """Replace PIDFile.exit, which swallows every error, with one that says so.
-
-    Used where the dropped user cannot remove the file: no unprivileged way
-    exists, and handing the file over instead would make a PID file that root
-    tools trust writable by the daemon.
-    """
-    if patches.replaced(plugin, '_dropprivs_exit'):
+def secure_root_opens(bus) -> None:
+    """Before the Daemonizer (65) and PIDFile (70) open their files as root
+    (call from the arm); pidfile.py is loaded only if either is on the bus."""
+    daemonizers, pidfiles = handoff.daemonizers(bus), pidfile_plugins(bus)
+    if not (daemonizers or pidfiles):
         return
-    path = plugin.pidfile
+    from . import pidfile
 
-    def exit_pidfile() -> None:
-        if getattr(bus, 'execv', False):
-            return  # a restart: the re-executed image keeps this pid, so the file stays right
-        try:
-            os.remove(path)
-            bus.log(f'PID file removed: {path!r}.')
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            bus.log(f'dropprivs: PID file {path} could not be removed as uid {os.geteuid()} '
-                    f'({e.strerror}); a stale PID file is left behind', level=logging.WARNING)
-
-    exit_pidfile._dropprivs_owner = plugin  # type: ignore[attr-defined]
-    patches.replace(plugin, '_dropprivs_exit', exit_pidfile)
-    patches.resubscribe(bus, 'exit', plugin.exit, exit_pidfile)
+    if drop.holds_root():
+        pidfile.secure_daemonizer_files(bus)
+    pidfile.secure_pidfiles(bus, pidfiles)  # safe walk as root, mode 0644
 
 
 def make_reopen_safe(bus, manager) -> None:
@@ -491,12 +249,14 @@ def _readable_by_others(path: str) -> bool:
 
 
 def import_what_the_target_could_not() -> None:
-    """Import now, as root, the stdlib modules the site imports only later.
+    """Import now, as root, the modules the site imports only later.
 
     cheroot's stop() calls getaddrinfo(), which imports encodings.idna on
     first use; a standard library the target cannot read (a Python under
-    /root) would make every later stop or restart fail. Where it can read it,
-    nothing is imported ahead of need.
+    /root) would make every later stop or restart fail. This package loads
+    two modules only when needed, possibly after the drop (a thread to reach,
+    a child to name). Where the target can read them, nothing is imported
+    ahead of need.
     """
     import encodings
 
@@ -504,6 +264,9 @@ def import_what_the_target_could_not() -> None:
         path = os.path.realpath(os.path.join(encodings.__path__[0], 'idna.py'))
         if not _readable_by_others(path):
             import encodings.idna  # noqa: F401
+    here = os.path.dirname(os.path.realpath(__file__))
+    if not _readable_by_others(os.path.join(here, 'older_threads.py')):
+        from . import older_threads, processes  # noqa: F401
 
 
 def before_drop(plugin, plan: Plan, outcome: str) -> None:

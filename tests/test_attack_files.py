@@ -153,7 +153,7 @@ def test_planted_log_symlinks_stop_the_start_before_root_opens_them(site, base):
 def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     """A FileHandler opened as root by name (not by the guard) through a link:
     the open stream is not what the path safely resolves to: refused."""
-    from cherrypy_dropprivs import preflight
+    from cherrypy_dropprivs import handover
     from cherrypy_dropprivs.identity import resolve_identity
 
     logs = user_dir(base, 'applog')
@@ -163,7 +163,7 @@ def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     handler = __import__('logging').FileHandler(str(logs / 'app.log'))  # follows the link
     cherrypy.log.error_log.addHandler(handler)
     try:
-        problems = preflight.log_stream_problems(resolve_identity('nobody'))
+        problems = handover.log_stream_problems(resolve_identity('nobody'))
     finally:
         cherrypy.log.error_log.removeHandler(handler)
         handler.close()

@@ -75,6 +75,12 @@ class Root:
         return dict(thread_identity(), boot=BOOT, started=started)
 
     @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def modules(self):
+        """This package's modules loaded in this process image."""
+        return sorted(m for m in sys.modules if m.startswith('cherrypy_dropprivs'))
+
+    @cherrypy.expose
     def restart(self):
         threading.Timer(0.05, cherrypy.engine.restart).start()
         return 'restarting'
