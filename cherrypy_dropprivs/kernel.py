@@ -73,19 +73,32 @@ def thread_creds(pid: Union[int, str] = 'self') -> List[ThreadCreds]:
     out = []
     for tid in sorted(os.listdir(base), key=int):
         try:
-            with open(f'{base}/{tid}/status') as f:
-                text = f.read()
+            text = read_proc(f'{base}/{tid}/status')
         except (FileNotFoundError, ProcessLookupError):
             continue
         out.append(creds_from_status(int(tid), parse_status(text)))
     return out
 
 
+def read_proc(path: str) -> str:
+    """A /proc file's text, through one descriptor and no buffered file object
+    (a sweep reads one per thread, at every start)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b''.join(chunks).decode('utf-8', 'replace')
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 
 def current_thread_creds() -> ThreadCreds:
     """The calling thread's credentials (/proc/thread-self/status)."""
-    with open('/proc/thread-self/status') as f:
-        fields = parse_status(f.read())
+    fields = parse_status(read_proc('/proc/thread-self/status'))
     return creds_from_status(int(os.path.basename(os.readlink('/proc/thread-self'))), fields)
 
 
@@ -131,6 +144,13 @@ def set_no_new_privs() -> None:
     from . import libc
 
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def get_dumpable() -> int:
+    """prctl(PR_GET_DUMPABLE) of the calling thread (the demo shows it)."""
+    from . import libc
+
+    return libc.prctl(libc.PR_GET_DUMPABLE)
 
 
 def current_umask() -> int:

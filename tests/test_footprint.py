@@ -10,8 +10,14 @@ measures what the loaded code costs.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+
+import cherrypy
 import poller
-from conftest import NOBODY, free_privileged_port, needs_root, nobody_can_run
+from conftest import NOBODY, REPO, SITE, free_privileged_port, needs_root, nobody_can_run
 
 pytestmark = needs_root
 
@@ -43,3 +49,24 @@ def test_the_re_executed_image_loads_what_adopting_needs(site):
     assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())
     assert 'reexec' in loaded(proc)
     assert not loaded(proc) & (CASE_ONLY - {'reexec'}), sorted(loaded(proc) & CASE_ONLY)
+
+
+def test_modules_loaded_after_the_drop_from_a_package_the_target_cannot_read(spawn, tmp_path):
+    """The package in a directory only root can read: what the start loads
+    after the drop (here: naming a thread that lacks no_new_privs) was
+    loaded before it, so the start fails closed with its own message, not an
+    ImportError. ``-S`` and an explicit path keep any other copy of the
+    package (an editable install) out of reach."""
+    private = tmp_path / 'private'
+    private.mkdir(mode=0o700)
+    shutil.copytree(REPO / 'cherrypy_dropprivs', private / 'cherrypy_dropprivs',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    packages = os.path.dirname(os.path.dirname(cherrypy.__file__))
+    port = free_privileged_port()
+    proc = spawn([*nobody_can_run(), sys.executable, '-S', str(SITE), '--port', str(port),
+                  '--options', json.dumps({'no_new_privs': True}), '--early-thread', 'early-bird'],
+                 env={'PYTHONPATH': os.pathsep.join([str(private), packages])}, ports=[port])
+    assert proc.wait_exit(20) == 77
+    log = proc.log()
+    assert f'{private}/cherrypy_dropprivs' in log, log  # the copy ran (the site prints its path)
+    assert "'early-bird'" in log and 'NoNewPrivs 0' in log and 'ImportError' not in log, log

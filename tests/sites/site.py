@@ -269,7 +269,10 @@ def main():
 
     options = json.loads(args.options)
     if args.plugin == 'ours':
+        import cherrypy_dropprivs
         from cherrypy_dropprivs import DropPrivileges
+        print(f'site: cherrypy_dropprivs from {os.path.dirname(cherrypy_dropprivs.__file__)}',
+              file=sys.stderr, flush=True)
         DropPrivileges(cherrypy.engine, **options).subscribe()
     elif args.plugin == 'builtin':
         from cherrypy.process.plugins import DropPrivileges as Builtin
