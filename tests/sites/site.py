@@ -16,6 +16,8 @@ import cherrypy
 BOOT = os.urandom(8).hex()
 #: Never set: /hang blocks on it.
 HUNG = threading.Event()
+#: Files kept open for the life of the process image (--inheritable-file).
+HELD = []
 
 
 def thread_identity():
@@ -214,6 +216,9 @@ def main():
     p.add_argument('--late-server-at', nargs=2, type=int, action='append', default=[],
                    metavar=('PORT', 'PRIORITY'),
                    help='like --server-at, but subscribed after the drop plugin')
+    p.add_argument('--inheritable-file', default=None, metavar='PATH',
+                   help='open PATH (if this process can) and keep it open, inheritable: '
+                        'a descriptor a re-exec must close')
     args = p.parse_args()
 
     cherrypy.config.update({
@@ -305,6 +310,14 @@ def main():
             except OSError:
                 pass  # a re-exec as nobody keeps the same pid anyway
         cherrypy.engine.subscribe('start', write_pid, priority=66)
+
+    if args.inheritable_file:
+        try:
+            held = open(args.inheritable_file, 'rb')
+            os.set_inheritable(held.fileno(), True)
+            HELD.append(held)
+        except OSError:
+            pass
 
     cherrypy.engine.signals.subscribe()
     cherrypy.engine.start()
