@@ -475,11 +475,28 @@ def install_execv_handoff(bus) -> None:
             fail(f'execv({sys.executable}): {e}')
 
     def _set_cloexec():
-        set_cloexec()
+        set_cloexec_open_fds(bus.max_cloexec_files, set_cloexec)
         KEEPER.mark_inheritable()
 
     patches.replace(bus, '_do_execv', _do_execv)
     patches.replace(bus, '_set_cloexec', _set_cloexec)
+
+
+def set_cloexec_open_fds(limit: int, fallback) -> None:
+    """CherryPy's _set_cloexec (close-on-exec on every fd from 3 below ``limit``),
+    for the open ones only: CherryPy tries every number up to the fd limit (with
+    20000, 15 ms of every restart). ``fallback()`` (CherryPy's own) without /proc."""
+    try:
+        fds = [int(fd) for fd in os.listdir('/proc/self/fd')]
+    except (OSError, ValueError):
+        return fallback()
+    for fd in fds:
+        if 3 <= fd < limit:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed since
+                pass
+    return None
 
 
 def server_infos(adapters) -> List[ServerInfo]:

@@ -206,10 +206,37 @@ def resolve_identity(
     if gid is not None:
         check_id_form('gid', gid)
     entries = check_groups_type(groups)
-    shown = (tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups()))
-    fields, names = nameservice.ask(_lookup_identity, uid, gid, entries, shown)
+    fields, names = nameservice.ask(_lookup_identity, uid, gid, entries, _ids_now())
     _NAMES.update(names)
     return Identity(*fields)
+
+
+def _ids_now() -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+    return tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups())
+
+
+def answers_for_exec() -> str:
+    """What this process looked up, as the image its restart re-executes will
+    ask it (nameservice.HANDED_ENV): that image then forks no lookup child.
+
+    An identity answer is keyed by the ids of the process that asks (it names
+    them too, for the log lines). The re-executed image holds the ids this
+    process holds now, so its answer is keyed by those, with their names;
+    left out if one of them has no known name here.
+    """
+    ids = _ids_now()
+    identity_key = (_lookup_identity.__module__, _lookup_identity.__qualname__)
+    handed = {}
+    for key, answer in nameservice.answers().items():
+        if key[:2] == identity_key:
+            fields = answer[0]
+            wanted = {('u', u) for u in (fields[0], *ids[0])}
+            wanted.update(('g', g) for g in (fields[1], *fields[2], *ids[1], *ids[2]))
+            if not wanted <= _NAMES.keys():
+                continue
+            key, answer = key[:-1] + (ids,), (fields, {k: _NAMES[k] for k in wanted})
+        handed[key] = answer
+    return nameservice.for_exec(handed)
 
 
 # -- the lookups themselves: run in the child (see nameservice), plain data out --

@@ -15,7 +15,9 @@ every signal blocked: it is a copy of the site, as root, and must never run
 the site's handlers (a SIGTERM would stop a root copy of the bus). It is
 waited for through a pidfd, never by a pid another process may have reused.
 Each answer is kept for the life of the process, so a start looks up once
-however often the plan is made; a re-executed process looks up afresh.
+however often the plan is made. A process our own restart re-executed after
+the drop takes the old image's answers over (HANDED_ENV, see take_handed_over)
+instead of forking again; any other start looks up afresh.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ TIMEOUT = 30.0
 _answers: Dict[Tuple[Any, ...], Any] = {}
 #: (pid, pidfd or None) of each lookup child not waited for yet.
 _unreaped: List[Tuple[int, Optional[int]]] = []
+
+#: The answers an image hands to the image its restart re-executes: set only
+#: for that exec (handoff.KEEPER.exec_env), removed by whoever reads it.
+HANDED_ENV = 'CHERRYPY_DROPPRIVS_NAMES'
 
 
 def ask(func: Callable[..., Any], *args: Any) -> Any:
@@ -52,6 +58,46 @@ def ask(func: Callable[..., Any], *args: Any) -> Any:
         del _answers[key]
         raise OSError(f'looking up users and groups failed: {value}')
     raise (TypeError if kind == 'TypeError' else ValueError)(value)
+
+
+def answers() -> Dict[Tuple[Any, ...], Any]:
+    """The answers kept (not the refusals), by the key ``ask`` uses."""
+    return {key: value for key, (kind, value) in _answers.items() if kind == 'ok'}
+
+
+def for_exec(handed: Dict[Tuple[Any, ...], Any]) -> str:
+    """``handed`` (key -> answer, as ``answers()``) as HANDED_ENV's value,
+    for the image this process (this pid) re-executes."""
+    return f'{os.getpid()}:{marshal.dumps(handed).hex()}'
+
+
+def take_handed_over(trusted: bool) -> int:
+    """Remove HANDED_ENV from the environment; keep its answers if ``trusted``.
+
+    The caller trusts it only in an image re-executed by our own restart
+    after the drop (not root): the variable is a hint anyone who starts the
+    process can write, and a root start must look up for itself. It must also
+    name this pid (execv keeps it). Either way no child ever sees it. Returns
+    how many answers were taken.
+    """
+    raw = os.environ.pop(HANDED_ENV, None)
+    if not raw or not trusted:
+        return 0
+    pid, _, data = raw.partition(':')
+    if pid != str(os.getpid()):
+        return 0
+    try:
+        handed = marshal.loads(bytes.fromhex(data))
+    except (ValueError, EOFError, TypeError):
+        return 0
+    if not isinstance(handed, dict):
+        return 0
+    taken = 0
+    for key, value in handed.items():
+        if isinstance(key, tuple) and key not in _answers:
+            _answers[key] = ('ok', value)
+            taken += 1
+    return taken
 
 
 def _one_thread() -> bool:

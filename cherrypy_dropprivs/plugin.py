@@ -21,7 +21,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Uni
 import cherrypy
 from cherrypy.process.plugins import SimplePlugin
 
-from . import gate, handoff, kernel, patches, preflight
+from . import gate, handoff, kernel, nameservice, patches, preflight
 from .drop import (
     ALREADY_TARGET,
     DROPPED,
@@ -40,6 +40,7 @@ from .handoff import HANDOFF_ENV, KEEPER
 from .identity import (
     IdSpec,
     Plan,
+    answers_for_exec,
     check_chown,
     check_groups_form,
     check_groups_type,
@@ -221,6 +222,8 @@ class DropPrivileges(SimplePlugin):
         self.confine_read = confine_read
         self.confine_write = confine_write
         self.confine_connect = confine_connect
+        # What the image before our own re-exec looked up, never at a root start.
+        nameservice.take_handed_over(not holds_root() and HANDOFF_ENV in os.environ)
         self.plan()  # every name looked up, and the combination checked, before anything binds
         self._constructing = False
 
@@ -440,6 +443,7 @@ class DropPrivileges(SimplePlugin):
             # Confined, the process can bind no port at all: keep every socket.
             handoff.keep_sockets(adapters, keep_all=self._confinement is not None)
             handoff.install_execv_handoff(self.bus)
+            KEEPER.exec_env[nameservice.HANDED_ENV] = answers_for_exec()
 
 
     # -- internals ------------------------------------------------------------

@@ -163,3 +163,75 @@ def test_the_lookup_child_runs_none_of_the_sites_signal_handlers(spawn, tmp_path
         stop.set()
         writer.join(5)
 
+
+
+# -- restarts: the re-executed image takes the old image's answers -----------
+
+
+def _restart(proc, port: int) -> dict:
+    import poller
+
+    connect = poller.tcp('127.0.0.1', port)
+    boot = poller.wait_started(connect, alive=proc.alive)['boot']
+    poller.request(connect, '/restart')
+    return poller.wait_started(connect, not_boot=boot, timeout=15, alive=proc.alive)
+
+
+@needs_root
+def test_a_restart_asks_the_name_service_nothing_and_comes_back_as_the_same_user(site, tmp_path):
+    """After the drop the user is taken out of the user database (the files
+    bind-mounted over /etc/passwd and /etc/group in the site's private mount
+    namespace are rewritten in place). engine.restart() still comes back as
+    that user, with its groups: the re-executed image used what the old one
+    looked up, and forked no lookup of its own (which would now fail)."""
+    from conftest import nobody_can_run
+
+    files = user_db(tmp_path / 'db', ['ns-user:x:4242:4242::/nonexistent:/usr/sbin/nologin'],
+                    ['ns-user:x:4242:', 'ns-extra:x:4243:ns-user'])
+    prefix = in_namespace(nobody_can_run(uid=4242, gids=(4242, 4243)), files=files)
+    proc = site(prefix=prefix, options={'uid': 'ns-user'})
+    every_thread(proc.pid, 4242, 4242, [4242, 4243])
+    for name in ('passwd', 'group'):  # same inode: the bind mount shows the new content
+        Path(files[f'/etc/{name}']).write_text(Path(f'/etc/{name}').read_text())
+    after = _restart(proc, proc.port)
+    assert after['pid'] == proc.pid and after['uids'] == [4242] * 4, after
+    every_thread(proc.pid, 4242, 4242, [4242, 4243])
+    assert _children(proc.pid) == []
+    assert proc.get('/child_env').json() == {}
+
+
+@needs_root
+def test_forged_answers_at_a_root_start_are_ignored_and_no_child_sees_them(site):
+    """An attacker who is the target user may plant the hand-over variables in
+    the environment of the next root start, claiming that nobody is uid 12345
+    with group 0. The root start looks up for itself: every thread ends as the
+    real nobody, before and after a restart, and no child of the site ever
+    sees the variables."""
+    import marshal
+
+    from conftest import nobody_can_run
+
+    from cherrypy_dropprivs import identity
+
+    handed_env = 'CHERRYPY_DROPPRIVS_NAMES'
+    shown = (tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups()))
+    lookup = (identity._lookup_identity.__module__, identity._lookup_identity.__qualname__)
+    forged = {
+        lookup + ('nobody', None, None, shown): (
+            (12345, 0, (0,), 'nobody', 'root', '/root', '/bin/sh'),
+            {('u', 12345): 'nobody', ('u', 0): 'root', ('g', 0): 'root'}),
+        (lookup[0], '_lookup_uid', 'nobody'): (12345, ('nobody', 12345, 0, '/root', '/bin/sh')),
+    }
+    script = (f'export {handed_env}="$$:{marshal.dumps(forged).hex()}" '
+              f'CHERRYPY_DROPPRIVS_SOCKETS="{{\\"pid\\": $$, \\"sockets\\": {{}}}}"; exec "$@"')
+    proc = site(prefix=['sh', '-c', script, 'sh', *nobody_can_run()])
+    nobody = pwd.getpwnam('nobody')
+    groups = user_groups('nobody')
+    with open(f'/proc/{proc.pid}/environ', 'rb') as f:
+        assert handed_env.encode() in f.read()  # it was there, for real
+    every_thread(proc.pid, nobody.pw_uid, nobody.pw_gid, groups)
+    assert proc.get('/child_env').json() == {}
+    after = _restart(proc, proc.port)
+    assert after['pid'] == proc.pid and after['uids'] == [nobody.pw_uid] * 4, after
+    every_thread(proc.pid, nobody.pw_uid, nobody.pw_gid, groups)
+    assert proc.get('/child_env').json() == {}

@@ -181,6 +181,30 @@ def test_twenty_restarts_two_servers_no_refusal_same_socket_stable_fds(site):
           f'{len(polls[0].outcomes)} requests, fds {fd_counts}')
 
 
+def test_a_restart_closes_every_other_descriptor_as_cherrypy_does(site, tmp_path):
+    """CherryPy marks every descriptor but 0-2 close-on-exec before the re-exec;
+    the kept listening sockets are the only ones made inheritable again. The
+    site holds a file open, inheritable, that the dropped process could not
+    open itself (its directory is root's, mode 700): after the restart the
+    kernel shows no descriptor of the new image on it, and the socket is the
+    same one."""
+    private = tmp_path / 'private'
+    private.mkdir(mode=0o700)
+    held = private / 'held'
+    held.write_text('root only\n')
+    port = free_privileged_port()
+    proc = site(ports=[port], prefix=nobody_can_run(), wait=False,
+                extra=['--inheritable-file', str(held)])
+    conn = poller.tcp('127.0.0.1', port)
+    boot = poller.wait_started(conn, alive=proc.alive)['boot']
+    assert str(held) in held_fds(proc.pid).values()  # open, for real, in the first image
+    inode = listen_inode(port)
+    restart(conn, boot, get_restart(conn), proc.alive)
+    assert str(held) not in held_fds(proc.pid).values(), held_fds(proc.pid)
+    assert listen_inode(port) == inode
+    assert_dropped_everywhere(proc.pid)
+
+
 def test_ipv6_restart(site):
     """A server on ::1 comes back on the same IPv6 socket."""
     port = free_privileged_port()

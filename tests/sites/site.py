@@ -16,6 +16,8 @@ import cherrypy
 BOOT = os.urandom(8).hex()
 #: Never set: /hang blocks on it.
 HUNG = threading.Event()
+#: Files kept open for the life of the process image (--inheritable-file).
+HELD = []
 
 
 def thread_identity():
@@ -166,11 +168,13 @@ class Root:
     @cherrypy.expose
     @cherrypy.tools.json_out()
     def child_env(self):
-        """The environment a child process the site starts now inherits."""
+        """What a child process the site starts now inherits of the environment:
+        the systemd variables and the plugin's own."""
         import subprocess
         out = subprocess.run(['env', '-0'], capture_output=True, timeout=10).stdout
         env = dict(kv.split('=', 1) for kv in out.decode(errors='replace').split('\0') if '=' in kv)
-        return {k: v for k, v in env.items() if 'NOTIFY' in k or 'WATCHDOG' in k}
+        return {k: v for k, v in env.items()
+                if 'NOTIFY' in k or 'WATCHDOG' in k or k.startswith('CHERRYPY_DROPPRIVS')}
 
 
 def wsgi_whoami(environ, start_response):
@@ -218,6 +222,9 @@ def main():
     p.add_argument('--late-server-at', nargs=2, type=int, action='append', default=[],
                    metavar=('PORT', 'PRIORITY'),
                    help='like --server-at, but subscribed after the drop plugin')
+    p.add_argument('--inheritable-file', default=None, metavar='PATH',
+                   help='open PATH (if this process can) and keep it open, inheritable: '
+                        'a descriptor a re-exec must close')
     args = p.parse_args()
 
     cherrypy.config.update({
@@ -312,6 +319,14 @@ def main():
             except OSError:
                 pass  # a re-exec as nobody keeps the same pid anyway
         cherrypy.engine.subscribe('start', write_pid, priority=66)
+
+    if args.inheritable_file:
+        try:
+            held = open(args.inheritable_file, 'rb')
+            os.set_inheritable(held.fileno(), True)
+            HELD.append(held)
+        except OSError:
+            pass
 
     cherrypy.engine.signals.subscribe()
     cherrypy.engine.start()
