@@ -85,7 +85,7 @@ def read_proc(path: str) -> str:
     (a sweep reads one per thread, at every start)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
+        chunks: List[bytes] = []
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
