@@ -136,19 +136,6 @@ def check_id_form(what: str, value: object) -> None:
         )
 
 
-def _check_range(what: str, num: int, shown: object) -> int:
-    if not 0 <= num <= MAX_ID:
-        raise ValueError(
-            f'{what} {shown!r} is out of range; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
-        )
-    if num == 0:
-        raise ValueError(
-            f'{what} {shown!r} is root (0): dropping to root is not a drop; '
-            f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
-        )
-    return num
-
-
 #: What a lookup keeps of a password entry: (name, uid, gid, home, shell).
 Entry = Tuple[str, int, int, str, str]
 
@@ -156,13 +143,13 @@ Entry = Tuple[str, int, int, str, str]
 def resolve_uid(value: IdSpec) -> Tuple[int, Optional[Entry]]:
     """Return (uid, password entry or None) for a user name or number."""
     check_id_form('uid', value)
-    return nameservice.ask(_lookup_uid, value)
+    return nameservice.ask('lookup_uid', value)
 
 
 def resolve_gid(value: IdSpec, what: str = 'gid') -> int:
     """Return the gid for a group name or number."""
     check_id_form(what, value)
-    return nameservice.ask(_lookup_gid, value, what)
+    return nameservice.ask('lookup_gid', value, what)
 
 
 def check_groups_type(groups: object) -> Optional[Tuple[IdSpec, ...]]:
@@ -182,7 +169,7 @@ def check_groups_type(groups: object) -> Optional[Tuple[IdSpec, ...]]:
 def check_groups_form(groups: Optional[Sequence[IdSpec]]) -> Optional[Tuple[int, ...]]:
     """Validate an explicit ``groups`` list and resolve every entry."""
     entries = check_groups_type(groups)
-    return None if entries is None else nameservice.ask(_lookup_groups, entries)
+    return None if entries is None else nameservice.ask('lookup_groups', entries)
 
 
 def resolve_identity(
@@ -206,7 +193,7 @@ def resolve_identity(
     if gid is not None:
         check_id_form('gid', gid)
     entries = check_groups_type(groups)
-    fields, names = nameservice.ask(_lookup_identity, uid, gid, entries, _ids_now())
+    fields, names = nameservice.ask('lookup_identity', uid, gid, entries, _ids_now())
     _NAMES.update(names)
     return Identity(*fields)
 
@@ -225,7 +212,7 @@ def answers_for_exec() -> str:
     left out if one of them has no known name here.
     """
     ids = _ids_now()
-    identity_key = (_lookup_identity.__module__, _lookup_identity.__qualname__)
+    identity_key = nameservice.key_of('lookup_identity')
     handed = {}
     for key, answer in nameservice.answers().items():
         if key[:2] == identity_key:
@@ -237,100 +224,6 @@ def answers_for_exec() -> str:
             key, answer = key[:-1] + (ids,), (fields, {k: _NAMES[k] for k in wanted})
         handed[key] = answer
     return nameservice.for_exec(handed)
-
-
-# -- the lookups themselves: run in the child (see nameservice), plain data out --
-
-def _lookup_uid(value: IdSpec) -> Tuple[int, Optional[Entry]]:
-    shown = value
-    if isinstance(value, str):
-        if not value:
-            raise ValueError(f'uid is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
-        try:
-            pw = pwd.getpwnam(value)
-        except KeyError:
-            if not (value.isascii() and value.isdigit()):
-                raise ValueError(
-                    f'unknown user {value!r}: no such name in the password database; '
-                    f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
-                ) from None
-            value = int(value)
-        else:
-            return _check_range('uid', pw.pw_uid, value), _entry(pw)
-    uid = _check_range('uid', value, shown)
-    try:
-        return uid, _entry(pwd.getpwuid(uid))
-    except KeyError:
-        return uid, None
-
-
-def _entry(pw: pwd.struct_passwd) -> Entry:
-    return pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell
-
-
-def _lookup_gid(value: IdSpec, what: str = 'gid') -> int:
-    shown = value
-    if isinstance(value, str):
-        if not value:
-            raise ValueError(f'{what} is an empty string; accepted: {_ID_ACCEPTED.format(max=MAX_ID)}')
-        try:
-            return _check_range(what, grp.getgrnam(value).gr_gid, value)
-        except KeyError:
-            if not (value.isascii() and value.isdigit()):
-                raise ValueError(
-                    f'unknown group {value!r} in {what}: no such name in the group database; '
-                    f'accepted: {_ID_ACCEPTED.format(max=MAX_ID)}'
-                ) from None
-            value = int(value)
-    return _check_range(what, value, shown)
-
-
-def _lookup_groups(entries: Tuple[IdSpec, ...]) -> Tuple[int, ...]:
-    return tuple(_lookup_gid(g, what='groups entry') for g in entries)
-
-
-def _lookup_identity(
-    uid: IdSpec,
-    gid: Optional[IdSpec],
-    groups: Optional[Tuple[IdSpec, ...]],
-    shown: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]],
-) -> Tuple[tuple, Dict[Tuple[str, int], Optional[str]]]:
-    """The Identity's fields, and the names of its ids and of ``shown``'s."""
-    num_uid, entry = _lookup_uid(uid)
-    extra = None if groups is None else _lookup_groups(groups)
-    if gid is None:
-        if entry is None:
-            raise ValueError(
-                f'uid {uid!r} has no entry in the password database, so it has no primary '
-                f'group: give gid as well (a group name or number)'
-            )
-        num_gid = _check_range('primary group of user ' + entry[0], entry[2], entry[2])
-    else:
-        num_gid = _lookup_gid(gid)
-
-    if extra is None:
-        if entry is not None:
-            found = os.getgrouplist(entry[0], num_gid)
-            for g in found:
-                if g == 0:
-                    raise ValueError(
-                        f'user {entry[0]!r} is a member of the root group (gid 0) in the '
-                        f'group database; pass groups=[...] explicitly to choose its groups'
-                    )
-            extra = tuple(found)
-        else:
-            extra = ()
-    ordered = tuple([num_gid] + [g for g in dict.fromkeys(extra) if g != num_gid])
-
-    if entry is not None:
-        name, home, shell = entry[0], entry[3] or '/', entry[4] or '/bin/sh'
-    else:
-        name, home, shell = None, '/', '/bin/sh'
-    uids, gids, groups_now = shown
-    names: Dict[Tuple[str, int], Optional[str]] = {('u', u): _lookup_user_name(u) for u in {num_uid, *uids}}
-    names.update({('g', g): _lookup_group_name(g) for g in {num_gid, *ordered, *gids, *groups_now}})
-    fields = (num_uid, num_gid, ordered, name, names['g', num_gid], home, shell)
-    return fields, names
 
 
 ACCEPTED = "an int in 0..0o777, an octal string such as '027' or '0o027', or None"

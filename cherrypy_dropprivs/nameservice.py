@@ -27,7 +27,7 @@ import os
 import select
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 #: A name service (LDAP, sssd) may be slow; not forever.
 TIMEOUT = 30.0
@@ -36,21 +36,24 @@ _answers: Dict[Tuple[Any, ...], Any] = {}
 #: (pid, pidfd or None) of each lookup child not waited for yet.
 _unreaped: List[Tuple[int, Optional[int]]] = []
 
+#: Where the functions ``ask`` runs live: imported by the child, not by the site.
+LOOKUPS = __package__ + '.lookups'
+
 #: The answers an image hands to the image its restart re-executes: set only
 #: for that exec (handoff.KEEPER.exec_env), removed by whoever reads it.
 HANDED_ENV = 'CHERRYPY_DROPPRIVS_NAMES'
 
 
-def ask(func: Callable[..., Any], *args: Any) -> Any:
-    """``func(*args)``, computed once per process, in a child where possible.
+def ask(name: str, *args: Any) -> Any:
+    """``lookups.<name>(*args)``, computed once per process, in a child where possible.
 
-    ``func`` must return plain data (ints, strings, None, tuples, lists, dicts)
-    and may raise ValueError or TypeError, which are raised here with the same
-    message. ``args`` must be hashable.
+    The function returns plain data (ints, strings, None, tuples, lists,
+    dicts) and may raise ValueError or TypeError, which are raised here with
+    the same message. ``args`` must be hashable.
     """
-    key = (func.__module__, func.__qualname__) + args
+    key = key_of(name) + args
     if key not in _answers:
-        _answers[key] = _in_child(func, args) if _one_thread() else ('ok', func(*args))
+        _answers[key] = _in_child(name, args) if _one_thread() else _here(name, args)
     kind, value = _answers[key]
     if kind == 'ok':
         return value
@@ -58,6 +61,11 @@ def ask(func: Callable[..., Any], *args: Any) -> Any:
         del _answers[key]
         raise OSError(f'looking up users and groups failed: {value}')
     raise (TypeError if kind == 'TypeError' else ValueError)(value)
+
+
+def key_of(name: str) -> Tuple[str, str]:
+    """The start of the key under which ``ask(name, ...)`` keeps its answers."""
+    return (LOOKUPS, name)
 
 
 def answers() -> Dict[Tuple[Any, ...], Any]:
@@ -111,7 +119,7 @@ def _one_thread() -> bool:
     return False
 
 
-def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
+def _in_child(name: str, args: Tuple[Any, ...]) -> Tuple[str, Any]:
     reap()
     r, w = os.pipe()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
@@ -121,12 +129,12 @@ def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(r)
         os.close(w)
-        return _here(func, args)
+        return _here(name, args)
     if pid == 0:  # the child: answer, then go without running any cleanup or handler
         try:
             os.close(r)
             try:
-                answer = _here(func, args)
+                answer = _here(name, args)
             except Exception as e:  # anything else the name service raised: said, not lost
                 answer = ('error', f'{type(e).__name__}: {e}')
             data = marshal.dumps(answer)
@@ -150,7 +158,10 @@ def _in_child(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any
     return marshal.loads(data)
 
 
-def _here(func: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[str, Any]:
+def _here(name: str, args: Tuple[Any, ...]) -> Tuple[str, Any]:
+    import importlib
+
+    func = getattr(importlib.import_module(LOOKUPS), name)
     try:
         return 'ok', func(*args)
     except (ValueError, TypeError) as e:

@@ -16,8 +16,8 @@ import sys
 from conftest import REPO
 
 #: The modules that talk to the kernel: no CherryPy in any of them.
-CORE = ['errors', 'kernel', 'libc', 'terminal', 'processes', 'older_threads', 'nameservice', 'files',
-        'identity', 'drop', 'landlock', 'notify', 'liveness']
+CORE = ['errors', 'kernel', 'libc', 'terminal', 'processes', 'older_threads', 'nameservice', 'lookups',
+        'files', 'identity', 'drop', 'landlock', 'notify', 'liveness']
 
 PROBE = '''
 import importlib, sys, types

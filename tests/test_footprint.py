@@ -24,6 +24,7 @@ pytestmark = needs_root
 #: Modules a plain root start (no logs, PID file, terminal, confine or systemd) must not load.
 CASE_ONLY = {
     'reexec', 'pidfile', 'handover', 'files', 'terminal', 'processes', 'older_threads', 'libc',
+    'lookups',
     'confine', 'landlock', 'notify', 'readiness', 'liveness',
 }
 

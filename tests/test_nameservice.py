@@ -211,16 +211,16 @@ def test_forged_answers_at_a_root_start_are_ignored_and_no_child_sees_them(site)
 
     from conftest import nobody_can_run
 
-    from cherrypy_dropprivs import identity
+    from cherrypy_dropprivs import nameservice
 
     handed_env = 'CHERRYPY_DROPPRIVS_NAMES'
     shown = (tuple(os.getresuid()), tuple(os.getresgid()), tuple(os.getgroups()))
-    lookup = (identity._lookup_identity.__module__, identity._lookup_identity.__qualname__)
+    lookup = nameservice.key_of('lookup_identity')
     forged = {
         lookup + ('nobody', None, None, shown): (
             (12345, 0, (0,), 'nobody', 'root', '/root', '/bin/sh'),
             {('u', 12345): 'nobody', ('u', 0): 'root', ('g', 0): 'root'}),
-        (lookup[0], '_lookup_uid', 'nobody'): (12345, ('nobody', 12345, 0, '/root', '/bin/sh')),
+        nameservice.key_of('lookup_uid') + ('nobody',): (12345, ('nobody', 12345, 0, '/root', '/bin/sh')),
     }
     script = (f'export {handed_env}="$$:{marshal.dumps(forged).hex()}" '
               f'CHERRYPY_DROPPRIVS_SOCKETS="{{\\"pid\\": $$, \\"sockets\\": {{}}}}"; exec "$@"')
