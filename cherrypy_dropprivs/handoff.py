@@ -61,9 +61,9 @@ class SocketKeeper:
         #: Keys taken from a LISTEN_PID (socket activation) server: fd 3.
         self.activation_key: Optional[str] = None
         self.adopted_from_exec = False
-        #: The process that re-executed us had daemonized (see reexec.prepare_exec).
+        #: The process that re-executed us had daemonized (see prepare_exec).
         self.daemonized = False
-        #: True once reexec.prepare_exec has put the activation socket back on fd 3.
+        #: True once prepare_exec has put the activation socket back on fd 3.
         self._fd3_handed = False
         #: Other descriptors the re-executed image inherits (the notify socket).
         self.also_inherit: Set[int] = set()
@@ -134,6 +134,34 @@ class SocketKeeper:
         """Own ``sock`` (adopted across the re-exec) as the kept socket for ``key``."""
         self._kept[key] = sock
 
+    def prepare_exec(self, daemonized: bool = False) -> None:
+        """Make the kept sockets inheritable and describe them in the environment.
+
+        ``daemonized``: the process has already daemonized, so the new image
+        must not fork again (a new pid would orphan the PID file root wrote).
+        """
+        env = os.environ
+        self.mark_inheritable()
+        env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
+                                       'daemonized': daemonized})
+        env.update(self.exec_env)
+        if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
+            # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
+            # stays valid: execv keeps the pid).
+            os.dup2(self._kept[self.activation_key].fileno(), 3, inheritable=True)
+            self._fd3_handed = True
+
+    def mark_inheritable(self) -> None:
+        """Undo the close-on-exec that CherryPy's _set_cloexec() puts on every fd."""
+        for s in self._kept.values():
+            os.set_inheritable(s.fileno(), True)
+        for fd in self.also_inherit:
+            try:
+                os.set_inheritable(fd, True)
+            except OSError:
+                pass
+        if self._fd3_handed:
+            os.set_inheritable(3, True)
 
 
 
@@ -303,6 +331,14 @@ def reexec_warning(blockers: Sequence[str], autoreload: bool) -> str:
     )
 
 
+def reexec_failure(why: str) -> str:
+    return (
+        f'cannot re-execute the process as {whoami()} for the restart: {why}. Install the '
+        f'application and Python where that user can read and execute them (not under a '
+        f'mode-700 home such as /root)'
+    )
+
+
 def unprivileged_port_start() -> int:
     try:
         with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as f:
@@ -419,33 +455,48 @@ def execv_handoff_installed(bus) -> bool:
 
 
 def install_execv_handoff(bus) -> None:
-    """Carry the kept sockets through the bus's re-exec (restart, autoreload, SIGHUP).
-
-    What happens at the exec lives in reexec.py, loaded then (or before the
-    drop, where the target could not read it: preflight)."""
+    """Carry the kept sockets through the bus's re-exec (restart, autoreload, SIGHUP)."""
     if patches.replaced(bus, '_do_execv'):
         return
     do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
 
+    def fail(why: str):
+        exit_now(bus.log, reexec_failure(why), EXIT_DROP_FAILED)
+
     def _do_execv():
-        _reexec(bus).execv(bus, do_execv)
+        if os.geteuid() != 0:  # after the drop: exec only what the new process can run
+            blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '', startup_cwd())
+            if blockers:
+                fail('; '.join(blockers))
+        KEEPER.prepare_exec(daemonized=any(d.finalized for d in daemonizers(bus)))
+        try:
+            return do_execv()
+        except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
+            fail(f'execv({sys.executable}): {e}')
 
     def _set_cloexec():
-        _reexec(bus).set_cloexec(bus, set_cloexec)
+        set_cloexec_open_fds(bus.max_cloexec_files, set_cloexec)
+        KEEPER.mark_inheritable()
 
     patches.replace(bus, '_do_execv', _do_execv)
     patches.replace(bus, '_set_cloexec', _set_cloexec)
 
 
-def _reexec(bus):
-    """reexec.py, or a clear exit (77): a restart must not die in a traceback
-    (e.g. the package was removed or made unreadable since the start)."""
+def set_cloexec_open_fds(limit: int, fallback) -> None:
+    """CherryPy's _set_cloexec (close-on-exec on every fd from 3 below ``limit``),
+    for the open ones only: CherryPy tries every number up to the fd limit (with
+    20000, 15 ms of every restart). ``fallback()`` (CherryPy's own) without /proc."""
     try:
-        from . import reexec
-    except Exception as e:
-        exit_now(bus.log, f'cannot re-execute the process for the restart: loading '
-                          f'{__package__}.reexec failed ({e!r})', EXIT_DROP_FAILED)
-    return reexec
+        fds = [int(fd) for fd in os.listdir('/proc/self/fd')]
+    except (OSError, ValueError):
+        return fallback()
+    for fd in fds:
+        if 3 <= fd < limit:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed since
+                pass
+    return None
 
 
 def server_infos(adapters) -> List[ServerInfo]:

@@ -254,9 +254,9 @@ def import_what_the_target_could_not() -> None:
     cheroot's stop() calls getaddrinfo(), which imports encodings.idna on
     first use; a standard library the target cannot read (a Python under
     /root) would make every later stop or restart fail. This package loads
-    some modules only when needed, possibly after the drop (a thread to
-    reach, a child to name, a restart to carry out). Where the target can
-    read them, nothing is imported ahead of need.
+    two modules only when needed, possibly after the drop (a thread to reach,
+    a child to name). Where the target can read them, nothing is imported
+    ahead of need.
     """
     import encodings
 
@@ -266,7 +266,7 @@ def import_what_the_target_could_not() -> None:
             import encodings.idna  # noqa: F401
     here = os.path.dirname(os.path.realpath(__file__))
     if not _readable_by_others(os.path.join(here, 'older_threads.py')):
-        from . import older_threads, processes, reexec  # noqa: F401
+        from . import older_threads, processes  # noqa: F401
 
 
 def before_drop(plugin, plan: Plan, outcome: str) -> None:

@@ -1,11 +1,9 @@
-"""Both sides of a re-exec by a restart: the old image handing its kept sockets
-over at the exec; the new one adopting them (checked, never trusted: see
-:func:`adopt`), staying daemonized, and failing clearly when it cannot serve.
+"""The image a restart re-executed: adopting the handed-over sockets, staying
+daemonized, and failing clearly when it cannot serve.
 
-Loaded at the exec, in a re-executed image, or in a process that starts its
-servers without root; a start that is never restarted does not load it.
-Where the target could not read it after the drop, it is loaded before
-(preflight.import_what_the_target_could_not).
+Loaded only in such an image (the hand-over variable is present), or in a
+process that starts its servers without root; a plain root start never
+needs it. The hand-over is checked, never trusted: see :func:`adopt`.
 """
 
 from __future__ import annotations
@@ -14,10 +12,9 @@ import json
 import os
 import socket
 import sys
-from typing import Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import patches
-from .errors import EXIT_DROP_FAILED, exit_now
 from .handoff import (
     HANDOFF_ENV,
     KEEPER,
@@ -27,10 +24,8 @@ from .handoff import (
     can_bind_privileged,
     daemonizers,
     listening_problem,
-    reexec_blockers,
     server_adapters,
     server_infos,
-    startup_cwd,
     unprivileged_port_start,
     unreadable_tls,
     whoami,
@@ -192,75 +187,3 @@ def no_socket_message(problems: Sequence[str], handed_over: bool) -> str:
         f'activation, or with CAP_NET_BIND_SERVICE; or listen on a port >= '
         f'{unprivileged_port_start()}'
     )
-
-
-# -- the old image, at the exec ------------------------------------------------
-
-def execv(bus, do_execv: Callable[[], None]) -> None:
-    """The bus's re-exec, carrying the kept sockets; a clear exit (77) where the
-    dropped user could not run the new image."""
-    if os.geteuid() != 0:  # after the drop: exec only what the new process can run
-        blockers = reexec_blockers(sys.executable, sys.argv[0] if sys.argv else '', startup_cwd())
-        if blockers:
-            _fail(bus, '; '.join(blockers))
-    prepare_exec(KEEPER, daemonized=any(d.finalized for d in daemonizers(bus)))
-    try:
-        do_execv()
-    except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
-        _fail(bus, f'execv({sys.executable}): {e}')
-
-
-def _fail(bus, why: str) -> NoReturn:
-    exit_now(bus.log, f'cannot re-execute the process as {whoami()} for the restart: {why}. '
-                      f'Install the application and Python where that user can read and '
-                      f'execute them (not under a mode-700 home such as /root)', EXIT_DROP_FAILED)
-
-
-def set_cloexec(bus, cherrypys: Callable[[], None]) -> None:
-    """CherryPy's _set_cloexec (close-on-exec on every fd from 3 below
-    ``bus.max_cloexec_files``) for the open ones only, then the kept sockets
-    made inheritable again. CherryPy tries every number up to the fd limit
-    (with 20000, 15 ms of every restart); ``cherrypys`` is its own, used without /proc."""
-    try:
-        fds = [int(fd) for fd in os.listdir('/proc/self/fd')]
-    except (OSError, ValueError):
-        cherrypys()
-    else:
-        for fd in fds:
-            if 3 <= fd < bus.max_cloexec_files:
-                try:
-                    os.set_inheritable(fd, False)
-                except OSError:  # the listing's own descriptor, closed since
-                    pass
-    mark_inheritable(KEEPER)
-
-
-def prepare_exec(keeper: SocketKeeper, daemonized: bool = False) -> None:
-    """Make the kept sockets inheritable and describe them in the environment.
-
-    ``daemonized``: the process has already daemonized, so the new image
-    must not fork again (a new pid would orphan the PID file root wrote).
-    """
-    env = os.environ
-    mark_inheritable(keeper)
-    env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': keeper.fds(),
-                                   'daemonized': daemonized})
-    env.update(keeper.exec_env)
-    if keeper.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
-        # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
-        # stays valid: execv keeps the pid).
-        os.dup2(keeper.fds()[keeper.activation_key], 3, inheritable=True)
-        keeper._fd3_handed = True
-
-
-def mark_inheritable(keeper: SocketKeeper) -> None:
-    """Undo the close-on-exec that _set_cloexec() puts on every fd."""
-    for s in keeper.sockets():
-        os.set_inheritable(s.fileno(), True)
-    for fd in keeper.also_inherit:
-        try:
-            os.set_inheritable(fd, True)
-        except OSError:
-            pass
-    if keeper._fd3_handed:
-        os.set_inheritable(3, True)
