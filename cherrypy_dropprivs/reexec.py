@@ -3,7 +3,10 @@ daemonized, and failing clearly when it cannot serve.
 
 Loaded only in such an image (the hand-over variable is present), or in a
 process that starts its servers without root; a plain root start never
-needs it. The hand-over is checked, never trusted: see :func:`adopt`.
+needs it. The hand-over is checked, never trusted: see :func:`adopt`. The
+old image's side of the exec stays in handoff.py, loaded at start: a restart
+after the package was upgraded in place must not run new files against the
+old image's code (it re-executes into the new version, whole).
 """
 
 from __future__ import annotations
