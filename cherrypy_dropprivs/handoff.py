@@ -142,8 +142,13 @@ class SocketKeeper:
         """
         env = os.environ
         self.mark_inheritable()
+        # HOME is now the target's: the new image must not run the .pth files
+        # the target may have put in its user site-packages (it holds the port).
+        nousersite = 'PYTHONNOUSERSITE' not in env
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
-                                       'daemonized': daemonized})
+                                       'daemonized': daemonized, 'nousersite': nousersite})
+        if nousersite:
+            env['PYTHONNOUSERSITE'] = '1'
         env.update(self.exec_env)
         if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
             # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID

@@ -51,6 +51,8 @@ def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str
         return [f'{HANDOFF_ENV} is malformed ({e!r})']
     if pid != os.getpid():
         return []  # inherited by some other program's child: not ours
+    if data.get('nousersite') is True:  # set only for our exec (see prepare_exec)
+        os.environ.pop('PYTHONNOUSERSITE', None)
     keeper.daemonized = data.get('daemonized') is True
     refused = []
     for key, fd in sockets.items():

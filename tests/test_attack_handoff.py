@@ -132,3 +132,48 @@ def test_a_squatter_on_the_port_is_named(spawn):
     assert status != 0 and 'Serving on' not in log, log
     assert f'port {port} is held by another process: pid {squatter.pid} (python' in log, log
     assert 'uid 65534' in log and 'KillMode=control-group' in log
+
+
+def test_the_re_executed_image_runs_nothing_from_the_targets_user_site(spawn, tmp_path):
+    """After the drop HOME is the target's; a restart re-executes as the target,
+    and Python (outside a virtualenv) would put the target's user site-packages
+    on sys.path and run its .pth files, inside the process that holds port 80.
+    The target (here a made-up user 'app', 4242, in a private mount namespace)
+    plants one: it runs in neither image, and the site's children do not see
+    PYTHONNOUSERSITE (set for the exec only)."""
+    import os
+
+    import cherrypy
+    import poller
+    from conftest import REPO, SITE
+    from namespaces import in_namespace, user_db
+
+    base = tmp_path / 'us'
+    base.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(base, 0o755)
+    home = base / 'home'
+    version = f'python{sys.version_info[0]}.{sys.version_info[1]}'
+    site_packages = home / '.local' / 'lib' / version / 'site-packages'
+    site_packages.mkdir(parents=True)
+    planted = home / 'pwned'
+    (site_packages / 'planted.pth').write_text(
+        f"import os; open({str(planted)!r}, 'a').write('pid %d uid %d\\n' % (os.getpid(), os.geteuid()))\n")
+    for d, _, names in os.walk(home):
+        os.chown(d, 4242, 4242)
+        for n in names:
+            os.chown(os.path.join(d, n), 4242, 4242)
+    files = user_db(base / 'db', [f'app:x:4242:4242::{home}:/usr/sbin/nologin'], ['app:x:4242:'])
+    packages = os.path.dirname(os.path.dirname(cherrypy.__file__))
+    port = free_privileged_port()
+    base_python = os.path.realpath(sys.executable)  # no virtualenv: the user site is on
+    prefix = in_namespace(nobody_can_run(str(tmp_path), uid=4242, gids=(4242,)), files=files)
+    proc = spawn([*prefix, base_python, str(SITE), '--port', str(port), '--options', '{"uid": "app"}'],
+                 env={'PYTHONPATH': os.pathsep.join([str(REPO), packages])}, ports=[port])
+    conn = poller.tcp('127.0.0.1', port)
+    boot = poller.wait_started(conn, alive=proc.alive, timeout=20)['boot']
+    poller.request(conn, '/restart')
+    after = poller.wait_started(conn, not_boot=boot, timeout=15, alive=proc.alive)
+    assert after['pid'] == proc.pid and after['uids'] == [4242] * 4, after
+    assert not planted.exists(), planted.read_text()
+    assert 'PYTHONNOUSERSITE' not in proc.get('/child_env', port=port).json()
