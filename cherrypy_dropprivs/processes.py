@@ -9,7 +9,7 @@ not be bound) says it must; a plain start never loads this module. No CherryPy.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .kernel import thread_creds
 
@@ -47,11 +47,13 @@ def descendants(pid: Optional[int] = None) -> Dict[int, Tuple[int, str, str]]:
 
 
 def root_held(pid: int) -> List[str]:
-    """What of root ``pid`` holds, over all its threads; [] if nothing (or gone)."""
+    """What of root ``pid`` holds, over all its threads; [] if nothing (or gone).
+
+    OSError where /proc may not be read (hidepid): unseen is not harmless."""
     try:
         threads = thread_creds(pid)
-    except OSError:
-        return []
+    except (FileNotFoundError, ProcessLookupError):
+        return []  # gone meanwhile
     held = []
     for t in threads:
         for label, ids in (('Uid', t.uids), ('Gid', t.gids)):
@@ -67,15 +69,37 @@ def root_held(pid: int) -> List[str]:
 
 
 def root_holding_descendants() -> List[str]:
-    """One line per live descendant that still holds root."""
-    out = []
-    for pid, (ppid, state, comm) in sorted(descendants().items()):
+    """One line per live descendant that still holds root, or that this process
+    cannot see: where /proc is mounted with hidepid, a dropped process no
+    longer sees root's processes, its own children included."""
+    table = descendants()
+    out = [f'child process {pid} cannot be seen in /proc (mounted with hidepid?), so whether it '
+           f'holds root cannot be checked' for pid in sorted(direct_children() - set(table))]
+    for pid, (ppid, state, comm) in sorted(table.items()):
         if state in ('Z', 'X'):  # exited, not yet reaped: holds nothing
             continue
-        held = root_held(pid)
+        rel = 'child' if ppid == os.getpid() else f'descendant (parent {ppid})'
+        try:
+            held = root_held(pid)
+        except OSError as e:
+            out.append(f'{rel} process {pid} ({comm}) cannot be checked ({e.strerror}; /proc '
+                       f'mounted with hidepid?)')
+            continue
         if held:
-            rel = 'child' if ppid == os.getpid() else f'descendant (parent {ppid})'
             out.append(f'{rel} process {pid} ({comm}) holds {", ".join(held)}')
+    return out
+
+
+def direct_children() -> Set[int]:
+    """This process's children, from /proc/self/task/*/children (the kernel's
+    own list, which hidepid does not hide from the parent)."""
+    out: Set[int] = set()
+    for tid in os.listdir('/proc/self/task'):
+        try:
+            with open(f'/proc/self/task/{tid}/children') as f:
+                out.update(int(pid) for pid in f.read().split())
+        except FileNotFoundError:  # the thread is gone, or a kernel without the file
+            continue
     return out
 
 

@@ -193,6 +193,28 @@ def test_child_started_before_the_drop_fails_closed(spawn, tmp_path, request):
     assert 'Bus STARTED' not in log
 
 
+@needs_root
+@pytest.mark.parametrize('hidepid', ['invisible', 'noaccess'])
+def test_a_root_child_fails_the_start_where_proc_hides_roots_processes(spawn, tmp_path, request,
+                                                                       hidepid):
+    """/proc mounted with hidepid (a common hardening, here in a private mount
+    namespace): after the drop the site cannot see (invisible) or read
+    (noaccess) its own root child. Unseen is not harmless: exit 77 naming it."""
+    port, pidfile = free_privileged_port(), tmp_path / 'child.pid'
+    script = f'mount -t proc -o hidepid={hidepid} proc /proc && exec "$@"'
+    proc = spawn(['unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh',
+                  sys.executable, str(ATTACK_SITE), '--port', str(port), '--child-at-76', str(pidfile)],
+                 ports=[port])
+    request.addfinalizer(lambda: pidfile.exists() and _kill_pid(int(pidfile.read_text())))
+    status = proc.wait_exit(timeout=15)
+    log = proc.log()
+    assert status == 77, log
+    child = int(pidfile.read_text())
+    only_line(log, rf'dropprivs: FAILED: child processes: child process {child}.* cannot be .*'
+              r'hidepid.*exiting with status 77')
+    assert 'Bus STARTED' not in log
+
+
 def _nobody_with(groups_args, port):
     argv = [sys.executable, str(ATTACK_SITE), '--port', str(port), '--options', '{"uid": "nobody"}']
     return [*nobody_can_run(uid=NOBODY, gids=(0,)), 'setpriv', f'--reuid={NOBODY}', *groups_args,
