@@ -63,11 +63,12 @@ class VerificationError(PrivilegeDropError):
 LAST_WORDS: List[Callable[[str], None]] = []
 
 
-def exit_now(log: Callable[..., None], msg: str, status: int) -> NoReturn:
+def exit_now(log: Callable[..., None], msg: str, status: int,
+             when: str = 'before serving') -> NoReturn:
     """Log one CRITICAL line, flush every log handler and stream, and end the
     process at once (``os._exit``): CherryPy's bus would otherwise go on to run
-    later listeners, as root. ``log`` is ``bus.log``."""
-    line = f'dropprivs: FAILED: {msg}; exiting with status {status} before serving'
+    later listeners, as root. ``log`` is ``bus.log``; ``when`` ends the line."""
+    line = f'dropprivs: FAILED: {msg}; exiting with status {status} {when}'
     log(line, level=logging.CRITICAL)
     for last_words in LAST_WORDS:
         try:

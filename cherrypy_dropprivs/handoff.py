@@ -322,6 +322,11 @@ def reexec_blockers(executable: Optional[str] = None, argv0: Optional[str] = Non
             out.append(f'the main script {script} is not readable (or not reachable)')
     if startup_cwd and not os.access(startup_cwd, os.X_OK):
         out.append(f'the start directory {startup_cwd} is not searchable')
+    for package in ('cherrypy_dropprivs', 'cherrypy'):  # imported again by the new image
+        init = getattr(sys.modules.get(package), '__file__', None)
+        if init and not os.access(init, os.R_OK):
+            out.append(f'the package {package} in {os.path.dirname(init)} is not readable (or not '
+                       f'reachable)')
     return out
 
 
@@ -466,7 +471,7 @@ def install_execv_handoff(bus) -> None:
     do_execv, set_cloexec = bus._do_execv, bus._set_cloexec
 
     def fail(why: str):
-        exit_now(bus.log, reexec_failure(why), EXIT_DROP_FAILED)
+        exit_now(bus.log, reexec_failure(why), EXIT_DROP_FAILED, 'instead of restarting')
 
     def _do_execv():
         if os.geteuid() != 0:  # after the drop: exec only what the new process can run

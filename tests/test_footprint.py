@@ -52,12 +52,9 @@ def test_the_re_executed_image_loads_what_adopting_needs(site):
     assert not loaded(proc) & (CASE_ONLY - {'reexec'}), sorted(loaded(proc) & CASE_ONLY)
 
 
-def test_modules_loaded_after_the_drop_from_a_package_the_target_cannot_read(spawn, tmp_path):
-    """The package in a directory only root can read: what the start loads
-    after the drop (here: naming a thread that lacks no_new_privs) was
-    loaded before it, so the start fails closed with its own message, not an
-    ImportError. ``-S`` and an explicit path keep any other copy of the
-    package (an editable install) out of reach."""
+def _private_copy(spawn, tmp_path, options: dict, *extra: str):
+    """The site run from a copy of the package in a directory only root can read.
+    ``-S`` and an explicit path keep any other copy (an editable install) out of reach."""
     private = tmp_path / 'private'
     private.mkdir(mode=0o700)
     shutil.copytree(REPO / 'cherrypy_dropprivs', private / 'cherrypy_dropprivs',
@@ -65,9 +62,35 @@ def test_modules_loaded_after_the_drop_from_a_package_the_target_cannot_read(spa
     packages = os.path.dirname(os.path.dirname(cherrypy.__file__))
     port = free_privileged_port()
     proc = spawn([*nobody_can_run(), sys.executable, '-S', str(SITE), '--port', str(port),
-                  '--options', json.dumps({'no_new_privs': True}), '--early-thread', 'early-bird'],
+                  '--options', json.dumps(options), *extra],
                  env={'PYTHONPATH': os.pathsep.join([str(private), packages])}, ports=[port])
+    return proc, private
+
+
+def test_modules_loaded_after_the_drop_from_a_package_the_target_cannot_read(spawn, tmp_path):
+    """The package in a directory only root can read: what the start loads
+    after the drop (here: naming a thread that lacks no_new_privs) was
+    loaded before it, so the start fails closed with its own message, not an
+    ImportError."""
+    proc, private = _private_copy(spawn, tmp_path, {'no_new_privs': True}, '--early-thread', 'early-bird')
     assert proc.wait_exit(20) == 77
     log = proc.log()
     assert f'{private}/cherrypy_dropprivs' in log, log  # the copy ran (the site prints its path)
     assert "'early-bird'" in log and 'NoNewPrivs 0' in log and 'ImportError' not in log, log
+
+
+def test_a_package_the_target_cannot_read_is_named_at_start_and_at_the_restart(spawn, tmp_path):
+    """It serves (read as root), warns at start that a restart would fail, and
+    the restart ends with that one clear line (exit 77), not an ImportError in
+    the new image."""
+    proc, private = _private_copy(spawn, tmp_path, {})
+    proc.wait_http()
+    assert proc.threads()[0].uids == (NOBODY,) * 4
+    warning = f'the package cherrypy_dropprivs in {private}/cherrypy_dropprivs is not readable'
+    proc.wait_log(warning)
+    proc.get('/restart')
+    assert proc.wait_exit(20) == 77
+    log = proc.log()
+    assert 'cannot re-execute the process as' in log and log.count(warning) == 2, log
+    assert 'exiting with status 77 instead of restarting' in log, log
+    assert 'Error' not in log.split('cannot re-execute')[1], log
