@@ -4,11 +4,24 @@ Importing this package creates ``cherrypy.engine.dropprivs`` (unsubscribed),
 so a CherryPy config file can switch it on with ``engine.dropprivs.on: True``.
 """
 
-from .drop import DropRecord, Snapshot, drop_privileges
-from .errors import PrivilegeDropError, VerificationError
-from .identity import Identity, Plan, make_plan, resolve_identity
-from .plugin import DropPrivileges
-from .plugin import install as _install
+import os as _os
+
+if 'CHERRYPY_DROPPRIVS_SOCKETS' in _os.environ and 0 not in _os.getresuid():
+    # An image our own restart re-executed as the dropped user: execve made it
+    # dumpable again, so other processes of that user could take its listening
+    # sockets (pidfd_getfd) or ptrace it. Undone first (reexec.adopt checks it).
+    from .kernel import make_undumpable
+
+    try:
+        make_undumpable()
+    except OSError:
+        pass  # the adoption fails closed, with the reason
+
+from .drop import DropRecord, Snapshot, drop_privileges  # noqa: E402
+from .errors import PrivilegeDropError, VerificationError  # noqa: E402
+from .identity import Identity, Plan, make_plan, resolve_identity  # noqa: E402
+from .plugin import DropPrivileges  # noqa: E402
+from .plugin import install as _install  # noqa: E402
 
 __all__ = [
     'DropPrivileges',

@@ -146,6 +146,21 @@ def set_no_new_privs() -> None:
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def make_undumpable() -> None:
+    """PR_SET_DUMPABLE 0: other processes of this user may no longer ptrace it,
+    read its memory or take its descriptors (pidfd_getfd). The kernel does it
+    at a drop's set*id; an execve by the same user undoes it."""
+    from . import libc
+
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
+
+
+def is_dumpable(pid: Union[int, str] = 'self') -> bool:
+    """The kernel's side: /proc/<pid>/status of a process that is not dumpable
+    belongs to root (proc(5)); meaningful for a process not running as root."""
+    return os.stat(f'/proc/{pid}/status').st_uid != 0
+
+
 def get_dumpable() -> int:
     """prctl(PR_GET_DUMPABLE) of the calling thread (the demo shows it)."""
     from . import libc

@@ -12,6 +12,7 @@ import os
 from types import SimpleNamespace
 
 PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47

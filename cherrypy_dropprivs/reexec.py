@@ -33,6 +33,7 @@ from .handoff import (
     unreadable_tls,
     whoami,
 )
+from .kernel import is_dumpable, make_undumpable
 
 
 def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str]:
@@ -64,7 +65,23 @@ def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str
         sock.set_inheritable(False)
         keeper.put(key, sock)
     keeper.adopted_from_exec = bool(keeper.fds())
+    if keeper.adopted_from_exec:
+        refused += _undumpable()
     return refused
+
+
+def _undumpable() -> List[str]:
+    """The re-executed image must not be dumpable (see the package's __init__,
+    which sets it first); checked in the kernel's view before it adopts for good."""
+    try:
+        make_undumpable()
+        if not is_dumpable():
+            return []
+        why = 'still dumpable after PR_SET_DUMPABLE 0'
+    except OSError as e:
+        why = f'PR_SET_DUMPABLE 0 failed ({e.strerror})'
+    return [f'this re-executed image is dumpable ({why}): another process of {whoami()} could '
+            f'take the listening sockets (pidfd_getfd) or ptrace it']
 
 
 def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:

@@ -177,3 +177,52 @@ def test_the_re_executed_image_runs_nothing_from_the_targets_user_site(spawn, tm
     assert after['pid'] == proc.pid and after['uids'] == [4242] * 4, after
     assert not planted.exists(), planted.read_text()
     assert 'PYTHONNOUSERSITE' not in proc.get('/child_env', port=port).json()
+
+
+#: Run as nobody: take every listening socket of pid argv[1] with pidfd_getfd (syscall 438).
+STEAL = r'''
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pfd = os.pidfd_open(int(sys.argv[1]))
+for fd in range(3, 64):
+    got = libc.syscall(438, pfd, fd, 0)
+    if got >= 0:
+        try:
+            s = socket.socket(fileno=got)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                print('STOLE', s.getsockname())
+        except OSError:
+            os.close(got)
+'''
+
+
+def test_after_a_restart_another_process_of_the_target_cannot_take_the_privileged_socket(site):
+    """Found in review: the set*id calls leave the site non-dumpable, so other
+    processes of nobody cannot reach into it; the execve of a restart made the
+    new image dumpable again, and a process nobody left running took the port's
+    socket with pidfd_getfd. Now the re-executed image makes itself
+    non-dumpable before anything else: the kernel owns its /proc files to root
+    and the theft fails, before and after the restart."""
+    import os
+    import subprocess
+
+    import poller
+
+    port = free_privileged_port()
+    proc = site(ports=[port], prefix=nobody_can_run(), wait=False)
+    conn = poller.tcp('127.0.0.1', port)
+
+    def steal() -> str:
+        r = subprocess.run(['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
+                            sys.executable, '-c', STEAL, str(proc.pid)],
+                           capture_output=True, text=True, timeout=20)
+        return r.stdout + r.stderr
+
+    boot = poller.wait_started(conn, alive=proc.alive)['boot']
+    assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0 and 'STOLE' not in steal()
+    poller.request(conn, '/restart')
+    after = poller.wait_started(conn, not_boot=boot, timeout=15, alive=proc.alive)
+    assert after['pid'] == proc.pid and after['uids'] == [NOBODY] * 4, after
+    assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0  # the kernel's view: not dumpable
+    out = steal()
+    assert 'STOLE' not in out, f'nobody took the site\'s listening socket after the restart: {out}'
