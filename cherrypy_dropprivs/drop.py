@@ -142,6 +142,11 @@ def carry_out(plan: Plan) -> DropRecord:
         os.umask(plan.umask)
     if outcome == DROPPED:
         apply_login_environment(target_of(plan), before.uids[1], before.home)
+        # The set*id calls made the process non-dumpable, unless fs.suid_dumpable
+        # is 1: then other processes of the target could ptrace it or take its
+        # descriptors (pidfd_getfd), the privileged sockets among them.
+        if _step('look at dumpable', kernel.is_dumpable):
+            _step('prctl(PR_SET_DUMPABLE, 0)', kernel.make_undumpable)
     if plan.no_new_privs:
         _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
@@ -155,6 +160,8 @@ def verify(plan: Plan, record: DropRecord) -> DropRecord:
         n = verify_threads(None, plan.no_new_privs)
     if record.outcome == DROPPED or record.terminal:
         verify_no_terminal()
+    if record.outcome == DROPPED:
+        verify_not_dumpable()
     verify_no_root_children()
     return DropRecord(record.before, record.after, record.target, record.outcome, n,
                       record.terminal)
@@ -316,6 +323,14 @@ def verify_threads(target: Optional[Identity], no_new_privs: bool = False) -> in
     if problems:
         raise VerificationError('/proc/self/task', '; '.join(problems))
     return len(threads)
+
+
+def verify_not_dumpable() -> None:
+    """Not dumpable, in the kernel's view: its /proc files belong to root."""
+    if sys.platform.startswith('linux') and kernel.is_dumpable():
+        raise VerificationError(
+            'dumpable', 'the process is dumpable: other processes of the target user could ptrace '
+            'it or take its descriptors (pidfd_getfd)')
 
 
 def verify_no_terminal() -> None:

@@ -251,3 +251,29 @@ def test_nproc_limit_fails_closed_before_the_drop(spawn):
     only_line(log, rf'dropprivs: FAILED: RLIMIT_NPROC: the limit is 6 tasks for uid {uid}, which will '
               r'need \d+: 6 threads of this process, 3 it starts later, 0 of other processes')
     assert 'Traceback' not in log and 'verified' not in log and 'Bus STARTED' not in log, log
+
+
+@needs_root
+def test_not_dumpable_after_the_drop_even_with_suid_dumpable_1(site, request):
+    """With fs.suid_dumpable=1 the kernel leaves a process that changed its
+    ids dumpable: other processes of nobody could ptrace the site or take its
+    port-80 socket (pidfd_getfd). The drop makes it non-dumpable itself and
+    checks the kernel's view (its /proc files belong to root). The sysctl is
+    global: set for this test only, and put back by its finalizer."""
+    knob = '/proc/sys/fs/suid_dumpable'
+    try:
+        with open(knob) as f:
+            old = f.read().strip()
+        with open(knob, 'w') as f:
+            f.write('1')
+    except OSError as e:
+        pytest.skip(f'{knob} cannot be set here ({e.strerror})')
+
+    def restore() -> None:
+        with open(knob, 'w') as f:
+            f.write(old)
+    request.addfinalizer(restore)
+    proc = site(prefix=nobody_can_run())
+    restore()
+    assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())
+    assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0, 'dumpable: nobody could reach into the site'
