@@ -6,7 +6,8 @@ so a CherryPy config file can switch it on with ``engine.dropprivs.on: True``.
 
 import os as _os
 
-if 'CHERRYPY_DROPPRIVS_SOCKETS' in _os.environ and 0 not in _os.getresuid():
+if f'"pid": {_os.getpid()},' in _os.environ.get('CHERRYPY_DROPPRIVS_SOCKETS', '') \
+        and 0 not in _os.getresuid():
     # An image our own restart re-executed as the dropped user: execve made it
     # dumpable again, so other processes of that user could take its listening
     # sockets (pidfd_getfd) or ptrace it. Undone first (reexec.adopt checks it).

@@ -69,6 +69,9 @@ class SocketKeeper:
         self.also_inherit: Set[int] = set()
         #: Variables only the re-executed image may see (set just before the exec).
         self.exec_env: Dict[str, str] = {}
+        #: The drop set HOME to the target's: a restart runs the interpreter with -s
+        #: (see without_user_site).
+        self.user_site_off = False
 
     def __contains__(self, key: str) -> bool:
         return key in self._kept
@@ -142,13 +145,8 @@ class SocketKeeper:
         """
         env = os.environ
         self.mark_inheritable()
-        # HOME is now the target's: the new image must not run the .pth files
-        # the target may have put in its user site-packages (it holds the port).
-        nousersite = 'PYTHONNOUSERSITE' not in env
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
-                                       'daemonized': daemonized, 'nousersite': nousersite})
-        if nousersite:
-            env['PYTHONNOUSERSITE'] = '1'
+                                       'daemonized': daemonized})
         env.update(self.exec_env)
         if self.activation_key is not None and env.get('LISTEN_PID') == str(os.getpid()):
             # cheroot's own socket-activation path reads fd 3 only (LISTEN_PID
@@ -479,6 +477,9 @@ def install_execv_handoff(bus) -> None:
             if blockers:
                 fail('; '.join(blockers))
         KEEPER.prepare_exec(daemonized=any(d.finalized for d in daemonizers(bus)))
+        if KEEPER.user_site_off and not sys.flags.no_user_site:
+            get_true_argv = bus._get_true_argv
+            patches.replace(bus, '_get_true_argv', lambda: without_user_site(get_true_argv()))
         try:
             return do_execv()
         except OSError as e:  # e.g. EACCES: the dropped user cannot reach the interpreter
@@ -507,6 +508,15 @@ def set_cloexec_open_fds(limit: int, fallback) -> None:
             except OSError:  # the listing's own descriptor, closed since
                 pass
     return None
+
+
+def without_user_site(argv: List[str]) -> List[str]:
+    """``argv`` (the interpreter first) with ``-s``: after the drop HOME is the
+    target's, and the new image would put the target's user site-packages on
+    sys.path and run its .pth files, in the process that holds the port. A
+    flag, not PYTHONNOUSERSITE: ``-E`` would ignore the variable, and children
+    would inherit it."""
+    return [argv[0], '-s', *argv[1:]]
 
 
 def server_infos(adapters) -> List[ServerInfo]:
@@ -546,4 +556,19 @@ def restart_warnings(bus, adapters) -> List[str]:
                                               startup_cwd())
     if blockers:
         out.append(reexec_warning(blockers, autoreload_on(bus)))
+    if daemonizers(bus) and ptrace_scope() < 1:
+        out.append(f'{whoami()}\'s own processes may ptrace each other here (kernel.yama.ptrace_scope '
+                   f'{"is 0" if ptrace_scope() == 0 else "absent: no Yama"}), and any process of that '
+                   f'user can make this daemon restart (SIGHUP): for the tenth of a second between the '
+                   f'exec and the re-executed image\'s import of this package, it could take the '
+                   f'listening sockets. Set kernel.yama.ptrace_scope to 1 or more')
     return out
+
+
+def ptrace_scope() -> int:
+    """kernel.yama.ptrace_scope; -1 without Yama."""
+    try:
+        with open('/proc/sys/kernel/yama/ptrace_scope') as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return -1

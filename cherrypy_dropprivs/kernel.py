@@ -161,6 +161,21 @@ def is_dumpable(pid: Union[int, str] = 'self') -> bool:
     return os.stat(f'/proc/{pid}/status').st_uid != 0
 
 
+def traced_by(pid: Union[int, str] = 'self') -> List[int]:
+    """The tracers of ``pid``'s threads (TracerPid in /proc/<pid>/task/*/status); [] if none."""
+    base = f'/proc/{pid}/task'
+    out = set()
+    for tid in os.listdir(base):
+        try:
+            text = read_proc(f'{base}/{tid}/status')
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        tracer = int(parse_status(text).get('TracerPid', '0') or 0)
+        if tracer:
+            out.add(tracer)
+    return sorted(out)
+
+
 def get_dumpable() -> int:
     """prctl(PR_GET_DUMPABLE) of the calling thread (the demo shows it)."""
     from . import libc

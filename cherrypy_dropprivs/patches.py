@@ -29,6 +29,8 @@ TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ('cherrypy.process.wspbus.Bus (instance)', 'subscribe', 'gate', 'hold servers subscribed later'),
     ('cherrypy.process.wspbus.Bus (instance)', '_do_execv, _set_cloexec', 'handoff',
      'carry the kept sockets across the re-exec'),
+    ('cherrypy.process.wspbus.Bus (instance)', '_get_true_argv', 'handoff',
+     'at the exec after a drop only: the interpreter with -s (no user site of the target)'),
     ('cherrypy.process.servers (module)', 'portend', 'handoff', 'a kept port counts as free'),
     ('cherrypy.process.plugins.Daemonizer (instance)', 'daemonize', 'handoff',
      'no second fork in a re-executed daemon'),

@@ -439,6 +439,8 @@ class DropPrivileges(SimplePlugin):
                 self._log(warning, logging.WARNING)
 
     def _keep_sockets_for_restarts(self, adapters) -> None:
+        if self.record is not None and self.record.outcome == DROPPED:
+            KEEPER.user_site_off = True  # HOME is the target's from now on
         if self._holding:
             # Confined, the process can bind no port at all: keep every socket.
             handoff.keep_sockets(adapters, keep_all=self._confinement is not None)

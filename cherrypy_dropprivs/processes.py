@@ -71,14 +71,33 @@ def root_held(pid: int) -> List[str]:
 def root_holding_descendants() -> List[str]:
     """One line per live descendant that still holds root, or that this process
     cannot see: where /proc is mounted with hidepid, a dropped process no
-    longer sees root's processes, its own children included."""
+    longer sees root's processes, its own children included. The kernel's own
+    lists of children (/proc/<pid>/task/*/children), walked down from this
+    process, are compared with what /proc shows; unseen is not harmless."""
     table = descendants()
-    out = [f'child process {pid} cannot be seen in /proc (mounted with hidepid?), so whether it '
-           f'holds root cannot be checked' for pid in sorted(direct_children() - set(table))]
+    me = os.getpid()
+    out = []
+    frontier, seen = [me], {me}
+    while frontier:
+        parent = frontier.pop()
+        kids = children_of(parent)
+        if kids is None:
+            if parent == me and _proc_hides_processes():
+                out.append('this kernel keeps no list of children (/proc/self/task/*/children) '
+                           'and /proc is mounted with hidepid, so children cannot be checked')
+            continue
+        for pid in sorted(kids - seen):
+            seen.add(pid)
+            if pid in table:
+                frontier.append(pid)
+            elif not (parent == me and _exited_child(pid)):
+                rel = 'child' if parent == me else f'descendant (parent {parent})'
+                out.append(f'{rel} process {pid} cannot be seen in /proc (mounted with hidepid?), so '
+                           f'whether it holds root cannot be checked')
     for pid, (ppid, state, comm) in sorted(table.items()):
         if state in ('Z', 'X'):  # exited, not yet reaped: holds nothing
             continue
-        rel = 'child' if ppid == os.getpid() else f'descendant (parent {ppid})'
+        rel = 'child' if ppid == me else f'descendant (parent {ppid})'
         try:
             held = root_held(pid)
         except OSError as e:
@@ -90,17 +109,47 @@ def root_holding_descendants() -> List[str]:
     return out
 
 
-def direct_children() -> Set[int]:
-    """This process's children, from /proc/self/task/*/children (the kernel's
-    own list, which hidepid does not hide from the parent)."""
+def children_of(pid: int) -> Optional[Set[int]]:
+    """``pid``'s children from the kernel's list (which hidepid does not hide
+    from the process that may read it); None where it cannot be read, or the
+    kernel keeps none (no CONFIG_PROC_CHILDREN)."""
+    try:
+        tids = os.listdir(f'/proc/{pid}/task')
+    except OSError:
+        return None
     out: Set[int] = set()
-    for tid in os.listdir('/proc/self/task'):
+    listed = False
+    for tid in tids:
         try:
-            with open(f'/proc/self/task/{tid}/children') as f:
-                out.update(int(pid) for pid in f.read().split())
-        except FileNotFoundError:  # the thread is gone, or a kernel without the file
+            with open(f'/proc/{pid}/task/{tid}/children') as f:
+                out.update(int(child) for child in f.read().split())
+            listed = True
+        except FileNotFoundError:  # the thread is gone, or a kernel without the list
             continue
-    return out
+        except OSError:
+            return None
+    return out if listed else None
+
+
+def _exited_child(pid: int) -> bool:
+    """Whether child ``pid`` has exited (a zombie: holds nothing); reaps nothing."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # reaped meanwhile
+
+
+def _proc_hides_processes() -> bool:
+    """Whether /proc is mounted with hidepid (other users' processes hidden or unreadable)."""
+    try:
+        with open('/proc/self/mountinfo') as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == '/proc' and 'hidepid=' in line:
+                    return not any(f'hidepid={v}' in line for v in ('0', 'off'))
+    except OSError:
+        return True
+    return False
 
 
 def tasks_of_uid(uid: int, exclude_pid: int) -> int:

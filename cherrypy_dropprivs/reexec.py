@@ -33,7 +33,7 @@ from .handoff import (
     unreadable_tls,
     whoami,
 )
-from .kernel import is_dumpable, make_undumpable
+from .kernel import is_dumpable, make_undumpable, traced_by
 
 
 def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str]:
@@ -52,8 +52,6 @@ def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str
         return [f'{HANDOFF_ENV} is malformed ({e!r})']
     if pid != os.getpid():
         return []  # inherited by some other program's child: not ours
-    if data.get('nousersite') is True:  # set only for our exec (see prepare_exec)
-        os.environ.pop('PYTHONNOUSERSITE', None)
     keeper.daemonized = data.get('daemonized') is True
     refused = []
     for key, fd in sockets.items():
@@ -71,17 +69,23 @@ def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str
 
 
 def _undumpable() -> List[str]:
-    """The re-executed image must not be dumpable (see the package's __init__,
-    which sets it first); checked in the kernel's view before it adopts for good."""
+    """The re-executed image must be out of reach of the target's other
+    processes before it adopts for good: not dumpable (the package's __init__
+    set it first), and traced by nobody (a tracer attached between the exec and
+    that import stays attached). Both in the kernel's view."""
     try:
         make_undumpable()
-        if not is_dumpable():
-            return []
-        why = 'still dumpable after PR_SET_DUMPABLE 0'
+        if is_dumpable():
+            why = 'still dumpable after PR_SET_DUMPABLE 0'
+        else:
+            tracers = traced_by()
+            if not tracers:
+                return []
+            why = f'traced by pid {", ".join(map(str, sorted(tracers)))} (TracerPid)'
     except OSError as e:
         why = f'PR_SET_DUMPABLE 0 failed ({e.strerror})'
-    return [f'this re-executed image is dumpable ({why}): another process of {whoami()} could '
-            f'take the listening sockets (pidfd_getfd) or ptrace it']
+    return [f'this re-executed image is within reach of other processes ({why}): another '
+            f'process of {whoami()} could take the listening sockets (pidfd_getfd) or ptrace it']
 
 
 def _unadoptable(key: str, fd: object, expected: Dict[str, Addr]) -> Optional[str]:

@@ -139,8 +139,8 @@ def test_the_re_executed_image_runs_nothing_from_the_targets_user_site(spawn, tm
     and Python (outside a virtualenv) would put the target's user site-packages
     on sys.path and run its .pth files, inside the process that holds port 80.
     The target (here a made-up user 'app', 4242, in a private mount namespace)
-    plants one: it runs in neither image, and the site's children do not see
-    PYTHONNOUSERSITE (set for the exec only)."""
+    plants one: it runs in neither image (the restart's exec adds -s, a flag:
+    nothing in the environment for children to inherit)."""
     import os
 
     import cherrypy
@@ -176,6 +176,8 @@ def test_the_re_executed_image_runs_nothing_from_the_targets_user_site(spawn, tm
     after = poller.wait_started(conn, not_boot=boot, timeout=15, alive=proc.alive)
     assert after['pid'] == proc.pid and after['uids'] == [4242] * 4, after
     assert not planted.exists(), planted.read_text()
+    with open(f'/proc/{proc.pid}/cmdline', 'rb') as f:
+        assert f.read().split(b'\0')[1] == b'-s'  # the kernel's view of the new image's argv
     assert 'PYTHONNOUSERSITE' not in proc.get('/child_env', port=port).json()
 
 

@@ -169,13 +169,12 @@ class Root:
     @cherrypy.tools.json_out()
     def child_env(self):
         """What a child process the site starts now inherits of the environment:
-        the systemd variables, the plugin's own, and PYTHONNOUSERSITE (set for a restart's exec)."""
+        the systemd variables and the plugin's own."""
         import subprocess
         out = subprocess.run(['env', '-0'], capture_output=True, timeout=10).stdout
         env = dict(kv.split('=', 1) for kv in out.decode(errors='replace').split('\0') if '=' in kv)
         return {k: v for k, v in env.items()
-                if 'NOTIFY' in k or 'WATCHDOG' in k or k.startswith('CHERRYPY_DROPPRIVS')
-                or k == 'PYTHONNOUSERSITE'}
+                if 'NOTIFY' in k or 'WATCHDOG' in k or k.startswith('CHERRYPY_DROPPRIVS')}
 
 
 def wsgi_whoami(environ, start_response):
