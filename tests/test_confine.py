@@ -28,7 +28,16 @@ from pathlib import Path
 import poller
 import pytest
 import requests
-from conftest import NOBODY, REPO, SITE, free_port, free_privileged_port, needs_root, nobody_can_run
+from conftest import (
+    NOBODY,
+    REPO,
+    SITE,
+    free_port,
+    free_privileged_port,
+    needs_root,
+    nobody_can_run,
+    wait_for,
+)
 
 pytestmark = needs_root
 
@@ -301,7 +310,9 @@ def test_stop_then_start_in_the_same_process_stays_confined(site, world, listene
     """engine.stop() then engine.start(): new server and worker threads, created by
     the confined main thread, are confined and probed again; ports are not re-bound."""
     proc = site(options=confined_options(world, listeners), extra=['--stop-start'])
-    assert proc.log().count('dropprivs: confined (') == 2
+    # The first start answers too, before the stop: wait for the second one.
+    wait_for(lambda: proc.log().count('dropprivs: confined (') == 2 and 'Bus STARTED' in
+             proc.log().split('Bus STOPPED')[-1], 20, what='the second start, confined')
     assert_confined_answers(proc, concurrent_probes(proc, probe_params(world, listeners)),
                             world, listeners)
 
