@@ -11,7 +11,7 @@ import os
 import pwd
 import subprocess
 
-from conftest import needs_root
+from conftest import needs_root, wait_for
 from dropcheck import dropprivs_lines, every_thread, named, only_line, unused_id, user_groups
 from namespaces import in_namespace, user_db
 
@@ -147,6 +147,7 @@ def test_second_start_does_not_drop_again(site):
     nobody = pwd.getpwnam('nobody')
     proc.wait_log('dropprivs: already dropped', timeout=15)
     proc.wait_http()
+    wait_for(lambda: proc.log().count('Bus STARTED') == 2, 15, what='the second start')
     log = proc.log()
     assert log.count('Bus STARTED') == 2, log
     assert log.count('Serving on') == 2, log
