@@ -102,7 +102,7 @@ def main() -> int:
           f'384 KiB: {"met" if d <= 384 else "NOT MET"}')
     da = med['ours']['RssAnon'] - med['none']['RssAnon']
     df = med['ours']['RssFile'] - med['none']['RssFile']
-    print(f'  of which RssAnon {da:+.0f} KiB (the package\'s objects: steady from run to run) and '
+    print(f'  of which RssAnon {da:+.0f} KiB (the package\'s objects; varies by tens of KiB) and '
           f'RssFile {df:+.0f} KiB (pages of shared files: varies by about 100 KiB between runs)')
     print(f'added VmRSS, builtin - none: {db:+.0f} KiB ({db / 1024:+.2f} MiB)')
     di = med['imported']['VmRSS'] - med['none']['VmRSS']
