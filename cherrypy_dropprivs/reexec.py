@@ -64,11 +64,11 @@ def adopt(keeper: SocketKeeper, raw: str, expected: Dict[str, Addr]) -> List[str
         keeper.put(key, sock)
     keeper.adopted_from_exec = bool(keeper.fds())
     if keeper.adopted_from_exec:
-        refused += _undumpable()
+        refused += _out_of_reach()
     return refused
 
 
-def _undumpable() -> List[str]:
+def _out_of_reach() -> List[str]:
     """The re-executed image must be out of reach of the target's other
     processes before it adopts for good: not dumpable (the package's __init__
     set it first), and traced by nobody (a tracer attached between the exec and
