@@ -3,8 +3,11 @@
 ``--plugin ours`` subscribes ``cherrypy_dropprivs.DropPrivileges`` (drop to
 ``--user``), ``builtin`` CherryPy's own plugin, ``none`` nothing (plain
 CherryPy), ``imported`` only ``import cherrypy_dropprivs`` (which creates the
-unsubscribed ``engine.dropprivs``). Everything else is identical, so a
-difference between two runs is the plugin's. ``--port`` may be repeated: one server per port.
+unsubscribed ``engine.dropprivs``), ``ours-lookup-here`` ours with the user
+and group lookups made in the site itself instead of a forked child (the path
+the package takes in a process that already has threads; lookup_tradeoff.py
+weighs the two). Everything else is identical, so a difference between two
+runs is the plugin's. ``--port`` may be repeated: one server per port.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--port', type=int, action='append', required=True)
-    p.add_argument('--plugin', choices=['ours', 'builtin', 'none', 'imported'], default='ours')
+    p.add_argument('--plugin', default='ours',
+                   choices=['ours', 'builtin', 'none', 'imported', 'ours-lookup-here'])
     p.add_argument('--user', default='nobody')
     p.add_argument('--confine', action='store_true', help='with --plugin ours: confine=True')
     p.add_argument('--quiet', action='store_true', help='no access/error log on the screen')
@@ -106,8 +110,11 @@ def main() -> int:
     if counter is not None:
         cherrypy.tree.mount(counter, '/calls')
 
-    if args.plugin == 'ours':
+    if args.plugin in ('ours', 'ours-lookup-here'):
         from cherrypy_dropprivs import DropPrivileges
+        if args.plugin == 'ours-lookup-here':  # a what-if for lookup_tradeoff.py only
+            from cherrypy_dropprivs import nameservice
+            nameservice._one_thread = lambda: False
         DropPrivileges(cherrypy.engine, args.user, confine=args.confine).subscribe()
     elif args.plugin == 'imported':
         import cherrypy_dropprivs  # noqa: F401

@@ -97,7 +97,7 @@ def thread_actions(plan: Plan, outcome: str) -> List[Callable[[], None]]:
     actions: List[Callable[[], None]] = [kernel.clear_inheritable]  # setresuid never clears CapInh
     if outcome in (NOT_ROOT, ALREADY_TARGET):
         actions.append(kernel.clear_thread_capabilities)
-    if plan.no_new_privs:
+    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
         actions.append(kernel.set_no_new_privs)
     return actions
 
@@ -127,8 +127,8 @@ def carry_out(plan: Plan) -> DropRecord:
         from . import terminal  # only with a controlling terminal
 
         tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
-    if plan.no_new_privs:
-        kernel.preload_libc()
+    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
+        kernel.preload_libc()  # both are set through it after the drop, see below
     if outcome == DROPPED:
         switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
@@ -147,7 +147,7 @@ def carry_out(plan: Plan) -> DropRecord:
         # descriptors (pidfd_getfd), the privileged sockets among them.
         if _step('look at dumpable', kernel.is_dumpable):
             _step('prctl(PR_SET_DUMPABLE, 0)', kernel.make_undumpable)
-    if plan.no_new_privs:
+    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
         _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
 

@@ -134,9 +134,18 @@ def held_in_any_thread() -> bool:
 
 
 def preload_libc() -> None:
-    """Load libc.py now, while root can read what the target may not: some
-    thread settings (no_new_privs) are applied after the drop."""
+    """Load libc.py now, while root can read what the target may not: no_new_privs,
+    and non-dumpable where fs.suid_dumpable is set, are applied after the drop."""
     from . import libc  # noqa: F401
+
+
+def suid_dumpable() -> int:
+    """fs.suid_dumpable (0: a process that changed its ids is not dumpable);
+    1 if it cannot be read, so that the caller prepares for the worse case."""
+    try:
+        return int(read_proc('/proc/sys/fs/suid_dumpable'))
+    except (OSError, ValueError):
+        return 1
 
 
 def set_no_new_privs() -> None:
@@ -204,9 +213,8 @@ def current_umask() -> int:
 
 def tty_nr(pid='self') -> int:
     """The controlling terminal's device number (0: none), /proc/<pid>/stat field 7."""
-    with open(f'/proc/{pid}/stat', 'rb') as f:
-        data = f.read()
-    fields = data[data.rindex(b')') + 2:].split()
+    data = read_proc(f'/proc/{pid}/stat')
+    fields = data[data.rindex(')') + 2:].split()
     return int(fields[4])  # state ppid pgrp session tty_nr
 
 

@@ -188,6 +188,27 @@ def site(spawn):
     return _site
 
 
+@pytest.fixture
+def suid_dumpable_1(request):
+    """fs.suid_dumpable=1 (a process that changed its ids stays dumpable) for
+    this test only; returns a function that puts the old value back early.
+    The sysctl is global: the finalizer puts it back in any case."""
+    knob = '/proc/sys/fs/suid_dumpable'
+    try:
+        with open(knob) as f:
+            old = f.read().strip()
+        with open(knob, 'w') as f:
+            f.write('1')
+    except OSError as e:
+        pytest.skip(f'{knob} cannot be set here ({e.strerror})')
+
+    def restore() -> None:
+        with open(knob, 'w') as f:
+            f.write(old)
+    request.addfinalizer(restore)
+    return restore
+
+
 # -- running a process that re-execs itself after dropping to nobody --------
 
 NOBODY = 65534

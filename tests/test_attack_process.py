@@ -242,25 +242,12 @@ def test_nproc_limit_fails_closed_before_the_drop(spawn):
 
 
 @needs_root
-def test_not_dumpable_after_the_drop_even_with_suid_dumpable_1(site, request):
+def test_not_dumpable_after_the_drop_even_with_suid_dumpable_1(site, suid_dumpable_1):
     """With fs.suid_dumpable=1 the kernel leaves a process that changed its
     ids dumpable: other processes of nobody could ptrace the site or take its
     port-80 socket (pidfd_getfd). The drop makes it non-dumpable itself and
-    checks the kernel's view (its /proc files belong to root). The sysctl is
-    global: set for this test only, and put back by its finalizer."""
-    knob = '/proc/sys/fs/suid_dumpable'
-    try:
-        with open(knob) as f:
-            old = f.read().strip()
-        with open(knob, 'w') as f:
-            f.write('1')
-    except OSError as e:
-        pytest.skip(f'{knob} cannot be set here ({e.strerror})')
-
-    def restore() -> None:
-        with open(knob, 'w') as f:
-            f.write(old)
-    request.addfinalizer(restore)
+    checks the kernel's view (its /proc files belong to root)."""
+    restore = suid_dumpable_1
     proc = site(prefix=nobody_can_run())
     restore()
     assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())

@@ -94,3 +94,18 @@ def test_a_package_the_target_cannot_read_is_named_at_start_and_at_the_restart(s
     assert 'cannot re-execute the process as' in log and log.count(warning) == 2, log
     assert 'exiting with status 77 instead of restarting' in log, log
     assert 'Error' not in log.split('cannot re-execute')[1], log
+
+
+def test_a_package_the_target_cannot_read_serves_non_dumpable_with_suid_dumpable_1(
+        spawn, tmp_path, suid_dumpable_1):
+    """fs.suid_dumpable=1 leaves the dropped process dumpable, and making it
+    non-dumpable needs libc.py after the drop: from a package only root can
+    read, it was loaded before. The site serves as nobody, and the kernel's
+    view says nobody else of that user can reach into it."""
+    proc, private = _private_copy(spawn, tmp_path, {})
+    proc.wait_http()
+    suid_dumpable_1()  # back to the machine's value once the drop is done
+    assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())
+    assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0, 'dumpable'
+    assert f'{private}/cherrypy_dropprivs' in proc.log()  # the copy ran
+    assert 'libc' in loaded(proc)
