@@ -2,7 +2,7 @@
 
 Run as root from the repository root (one command):
 
-    .venv/bin/python benchmarks/startup_parts.py [--rounds 10]
+    .venv/bin/python benchmarks/startup_parts.py [--rounds 10] [--lookup-here]
 
 Each round starts two fresh processes on a free privileged port, alternating:
 plain CherryPy and this package, each a one-page site (benchmarks/hello_site's
@@ -12,10 +12,13 @@ the plugin (its name-service lookup, in a forked child), the arm listener,
 each server's start (bind and readiness), the preflight, the drop (set*id),
 the verification, keeping sockets, and the rest of the drop listener. A
 client thread polls the port every 0.5 ms from engine.start() on and records
-the first answer. Prints the medians and, for the total from
-engine.start() to the first answer, the difference to plain CherryPy. The
-fork also costs after it returns: each page the site writes again takes a
-copy-on-write fault, part of the later steps (lookup_tradeoff.py weighs it).
+the first answer. ``--lookup-here`` adds ``ours-lookup-here``, the same with
+the lookup made in the site itself (the path taken where the process already
+has threads). Prints the medians and, for the total from engine.start() to
+the first answer, the difference to plain CherryPy. The fork also costs after
+it returns: each page the site writes again takes a copy-on-write fault, a
+part of the later steps that ours-lookup-here shows (lookup_tradeoff.py weighs
+startup against memory).
 Not a test: numbers for benchmarks/README.md.
 """
 
@@ -42,10 +45,13 @@ t_begin = time.perf_counter()
 times = {}
 import cherrypy
 times['import cherrypy'] = time.perf_counter() - t_begin
-ours = sys.argv[2] == 'ours'
+ours = sys.argv[2] != 'none'
 if ours:
     t = time.perf_counter()
     import cherrypy_dropprivs
+    if sys.argv[2] == 'ours-lookup-here':  # the what-if of --lookup-here
+        from cherrypy_dropprivs import nameservice
+        nameservice._one_thread = lambda: False
     from cherrypy_dropprivs import drop, handoff, plugin, preflight
     times['import cherrypy_dropprivs'] = time.perf_counter() - t
 
@@ -83,7 +89,7 @@ cherrypy.engine.subscribe('start', mark('at priority 76 (servers started)'), pri
 if ours:
     t = time.perf_counter()
     cherrypy_dropprivs.DropPrivileges(cherrypy.engine, uid='nobody').subscribe()
-    times['making the plugin (lookup child)'] = time.perf_counter() - t
+    times['making the plugin (its lookup)'] = time.perf_counter() - t
 first = []
 def poll():
     while not first:
@@ -121,13 +127,16 @@ def run(variant: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rounds', type=int, default=10)
+    ap.add_argument('--lookup-here', action='store_true',
+                    help='also ours-lookup-here: the lookup made in the site, not in a child')
     args = ap.parse_args()
     print(machine_header())
-    rounds = {'none': [], 'ours': []}
+    variants = ('none', 'ours', 'ours-lookup-here') if args.lookup_here else ('none', 'ours')
+    rounds: dict = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for variant in ('none', 'ours'):
+        for variant in variants:
             rounds[variant].append(run(variant))
-    for variant in ('none', 'ours'):
+    for variant in variants:
         print(f'\n{variant} (medians of {args.rounds}, ms):')
         keys = list(dict.fromkeys(k for r in rounds[variant] for k in r))
         for key in keys:
@@ -136,11 +145,17 @@ def main() -> None:
     plain = statistics.median(r[key] for r in rounds['none'])
     ours = statistics.median(r[key] for r in rounds['ours'])
     imp = statistics.median(r['import cherrypy_dropprivs'] for r in rounds['ours'])
-    sub = statistics.median(r['making the plugin (lookup child)']
+    sub = statistics.median(r['making the plugin (its lookup)']
                             for r in rounds['ours'])
     print(f'\nengine.start() to first answer: plain {plain:.2f} ms, ours {ours:.2f} ms, '
           f'difference {ours - plain:+.2f} ms; plus importing the package {imp:.2f} ms and '
           f'making the plugin {sub:.2f} ms, before engine.start()')
+    if args.lookup_here:
+        here = statistics.median(r[key] for r in rounds['ours-lookup-here'])
+        sub_here = statistics.median(r['making the plugin (its lookup)']
+                                     for r in rounds['ours-lookup-here'])
+        print(f'with the lookup in the site (ours-lookup-here): engine.start() to first answer '
+              f'{here:.2f} ms ({here - plain:+.2f}), making the plugin {sub_here:.2f} ms')
     print(load_footer())
 
 

@@ -127,8 +127,7 @@ def carry_out(plan: Plan) -> DropRecord:
         from . import terminal  # only with a controlling terminal
 
         tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
-    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
-        kernel.preload_libc()  # both are set through it after the drop, see below
+    _load_ahead(plan, outcome)
     if outcome == DROPPED:
         switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
@@ -150,6 +149,19 @@ def carry_out(plan: Plan) -> DropRecord:
     if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
         _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
+
+
+def _load_ahead(plan: Plan, outcome: str) -> None:
+    """Load now the modules this process may need after the drop, while root
+    can read what the target may not: libc.py for no_new_privs and, where
+    fs.suid_dumpable is set, to make the process non-dumpable; older_threads
+    and processes (threads to reach, children to check) where the target
+    cannot read this package. Where it can, nothing is loaded ahead of need."""
+    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
+        from . import libc  # noqa: F401
+    here = os.path.dirname(os.path.realpath(__file__))
+    if outcome == DROPPED and not kernel.readable_by_others(os.path.join(here, 'older_threads.py')):
+        from . import older_threads, processes  # noqa: F401
 
 
 def verify(plan: Plan, record: DropRecord) -> DropRecord:

@@ -12,6 +12,7 @@ them in each thread that needs them, or before creating threads.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Dict, List, Optional, Tuple, Union
 
 
@@ -133,10 +134,18 @@ def held_in_any_thread() -> bool:
     return any(t.cap_prm or t.cap_eff or t.cap_amb or t.cap_inh for t in thread_creds('self'))
 
 
-def preload_libc() -> None:
-    """Load libc.py now, while root can read what the target may not: no_new_privs,
-    and non-dumpable where fs.suid_dumpable is set, are applied after the drop."""
-    from . import libc  # noqa: F401
+def readable_by_others(path: str) -> bool:
+    """Every directory on the way searchable by others, and the file readable
+    (mode bits: what any target user could read)."""
+    d = '/'
+    try:
+        for part in path.split('/')[1:-1]:
+            d = os.path.join(d, part)
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
 def suid_dumpable() -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import sys
 from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
@@ -27,6 +26,7 @@ from cherrypy.process.plugins import Autoreloader, PIDFile
 from . import drop, handoff, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
 from .identity import Identity
+from .kernel import readable_by_others
 
 if TYPE_CHECKING:
     from .files import Finding
@@ -235,38 +235,21 @@ def install() -> None:
     patches.replace(cls, '_set_file_handler', _set_file_handler, keep=True)
 
 
-def _readable_by_others(path: str) -> bool:
-    """Every directory on the way searchable by others, and the file readable."""
-    d = '/'
-    try:
-        for part in path.split('/')[1:-1]:
-            d = os.path.join(d, part)
-            if not os.stat(d).st_mode & stat.S_IXOTH:
-                return False
-        return bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        return False
-
-
 def import_what_the_target_could_not() -> None:
-    """Import now, as root, the modules the site imports only later.
+    """Import encodings.idna now, as root, if the target could not read it.
 
     cheroot's stop() calls getaddrinfo(), which imports encodings.idna on
     first use; a standard library the target cannot read (a Python under
-    /root) would make every later stop or restart fail. This package loads
-    two modules only when needed, possibly after the drop (a thread to reach,
-    a child to name). Where the target can read them, nothing is imported
-    ahead of need.
+    /root) would make every later stop or restart fail. Where the target can
+    read it, nothing is imported ahead of need. This package's own modules
+    are the drop's to load (drop.carry_out).
     """
     import encodings
 
     if 'encodings.idna' not in sys.modules:
         path = os.path.realpath(os.path.join(encodings.__path__[0], 'idna.py'))
-        if not _readable_by_others(path):
+        if not readable_by_others(path):
             import encodings.idna  # noqa: F401
-    here = os.path.dirname(os.path.realpath(__file__))
-    if not _readable_by_others(os.path.join(here, 'older_threads.py')):
-        from . import older_threads, processes  # noqa: F401
 
 
 def before_drop(plugin, plan: Plan, outcome: str) -> None:
