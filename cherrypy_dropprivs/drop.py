@@ -97,7 +97,7 @@ def thread_actions(plan: Plan, outcome: str) -> List[Callable[[], None]]:
     actions: List[Callable[[], None]] = [kernel.clear_inheritable]  # setresuid never clears CapInh
     if outcome in (NOT_ROOT, ALREADY_TARGET):
         actions.append(kernel.clear_thread_capabilities)
-    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
+    if plan.no_new_privs:
         actions.append(kernel.set_no_new_privs)
     return actions
 
@@ -129,6 +129,9 @@ def carry_out(plan: Plan) -> DropRecord:
         tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
     _load_ahead(plan, outcome)
     if outcome == DROPPED:
+        # setresuid never clears CapInh: empty the caller's while root, as the
+        # plugin's arm listener does (libc.py, if needed at all, loads now).
+        _step('clear the inheritable capabilities', kernel.clear_inheritable)
         switch_credentials(target_of(plan))
         # setresuid cleared permitted, effective and ambient in every thread,
         # but not inheritable: clear it here and in older background threads.
@@ -146,7 +149,7 @@ def carry_out(plan: Plan) -> DropRecord:
         # descriptors (pidfd_getfd), the privileged sockets among them.
         if _step('look at dumpable', kernel.is_dumpable):
             _step('prctl(PR_SET_DUMPABLE, 0)', kernel.make_undumpable)
-    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
+    if plan.no_new_privs:
         _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
 
