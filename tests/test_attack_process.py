@@ -252,3 +252,4 @@ def test_not_dumpable_after_the_drop_even_with_suid_dumpable_1(site, suid_dumpab
     restore()
     assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())
     assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0, 'dumpable: nobody could reach into the site'
+    assert not any(t.no_new_privs for t in proc.threads())  # not asked for: not set
