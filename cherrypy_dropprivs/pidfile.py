@@ -65,7 +65,9 @@ def secure_daemonizer_files(bus) -> None:
 
         for attr in ('stdin', 'stdout', 'stderr'):
             path = getattr(d, attr, None)
-            if not path or os.path.realpath(path) == os.devnull or str(path).startswith('/proc/self/fd/'):
+            # Only the literal name: a link to /dev/null that the target
+            # planted could point elsewhere by the time CherryPy opens it.
+            if not path or path == os.devnull or str(path).startswith('/proc/self/fd/'):
                 continue
             try:
                 if attr == 'stdin':
