@@ -121,6 +121,8 @@ def carry_out(plan: Plan) -> DropRecord:
     # Checked before anything changes: over the limit, the dropped process
     # could not start the threads it still needs (nor re-exec).
     check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
+    if outcome == DROPPED:
+        check_dumpable_window(target_of(plan))
     tty: Tuple[str, ...] = ()
     if _step('look at the controlling terminal', kernel.tty_nr) and (
             outcome == DROPPED or _foreign_terminal()):
@@ -133,6 +135,11 @@ def carry_out(plan: Plan) -> DropRecord:
         # plugin's arm listener does (libc.py, if needed at all, loads now).
         _step('clear the inheritable capabilities', kernel.clear_inheritable)
         switch_credentials(target_of(plan))
+        # The set*id calls made the process non-dumpable, unless fs.suid_dumpable
+        # is 1 (then Yama keeps the target's other processes out, see
+        # check_dumpable_window): undone at once, before anything else.
+        if _step('look at dumpable', kernel.is_dumpable):
+            _step('prctl(PR_SET_DUMPABLE, 0)', kernel.make_undumpable)
         # setresuid cleared permitted, effective and ambient in every thread,
         # but not inheritable: clear it here and in older background threads.
         _step('clear capabilities', kernel.clear_thread_capabilities)
@@ -144,11 +151,6 @@ def carry_out(plan: Plan) -> DropRecord:
         os.umask(plan.umask)
     if outcome == DROPPED:
         apply_login_environment(target_of(plan), before.uids[1], before.home)
-        # The set*id calls made the process non-dumpable, unless fs.suid_dumpable
-        # is 1: then other processes of the target could ptrace it or take its
-        # descriptors (pidfd_getfd), the privileged sockets among them.
-        if _step('look at dumpable', kernel.is_dumpable):
-            _step('prctl(PR_SET_DUMPABLE, 0)', kernel.make_undumpable)
     if plan.no_new_privs:
         _step('prctl(PR_SET_NO_NEW_PRIVS)', kernel.set_no_new_privs)
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
@@ -157,10 +159,10 @@ def carry_out(plan: Plan) -> DropRecord:
 def _load_ahead(plan: Plan, outcome: str) -> None:
     """Load now the modules this process may need after the drop, while root
     can read what the target may not: libc.py for no_new_privs and, where
-    fs.suid_dumpable is set, to make the process non-dumpable; older_threads
+    fs.suid_dumpable is 1, to make the process non-dumpable; older_threads
     and processes (threads to reach, children to check) where the target
     cannot read this package. Where it can, nothing is loaded ahead of need."""
-    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable()):
+    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable() == 1):
         from . import libc  # noqa: F401
     here = os.path.dirname(os.path.realpath(__file__))
     if outcome == DROPPED and not kernel.readable_by_others(os.path.join(here, 'older_threads.py')):
@@ -452,6 +454,30 @@ def _tasks_on_system() -> int:
             return int(f.read().split()[3].split('/')[1])
     except (OSError, ValueError, IndexError):
         return 1 << 62
+
+
+def check_dumpable_window(target: Identity) -> None:
+    """Fail closed (PrivilegeDropError) where the drop would leave a window open.
+
+    With fs.suid_dumpable 1 the kernel makes the process dumpable at each
+    set*id call; until it is made non-dumpable again, any process of the
+    target user may trace it or take its descriptors with pidfd_getfd (a
+    reviewer took the port-80 socket so). Yama's ptrace_scope 1 or more
+    keeps those out; 0 or 2 for suid_dumpable leaves no window.
+    """
+    if kernel.suid_dumpable() != 1:
+        return
+    scope = kernel.ptrace_scope()
+    if scope >= 1:
+        return
+    raise PrivilegeDropError(
+        'fs.suid_dumpable',
+        f'it is 1 and kernel.yama.ptrace_scope is {"0" if scope == 0 else "absent (no Yama)"}: '
+        f'from the set*id calls until the process is made non-dumpable again, any process of '
+        f'user {target.user or target.uid} could trace it or take its listening sockets '
+        f'(pidfd_getfd); set '
+        f'fs.suid_dumpable to 0 (or 2), or kernel.yama.ptrace_scope to 1 or more',
+    )
 
 
 def check_nproc(uid: int) -> None:

@@ -30,6 +30,7 @@ from cherrypy.process.plugins import Daemonizer
 from . import patches
 from .errors import EXIT_DROP_FAILED, exit_now
 from .identity import format_ids, group_name
+from .kernel import ptrace_scope
 
 #: Environment variable that carries the kept sockets across execv.
 HANDOFF_ENV = 'CHERRYPY_DROPPRIVS_SOCKETS'
@@ -563,12 +564,3 @@ def restart_warnings(bus, adapters) -> List[str]:
                    f'exec and the re-executed image\'s import of this package, it could take the '
                    f'listening sockets. Set kernel.yama.ptrace_scope to 1 or more')
     return out
-
-
-def ptrace_scope() -> int:
-    """kernel.yama.ptrace_scope; -1 without Yama."""
-    try:
-        with open('/proc/sys/kernel/yama/ptrace_scope') as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return -1

@@ -148,6 +148,14 @@ def readable_by_others(path: str) -> bool:
         return False
 
 
+def ptrace_scope() -> int:
+    """kernel.yama.ptrace_scope; -1 without Yama."""
+    try:
+        return int(read_proc('/proc/sys/kernel/yama/ptrace_scope'))
+    except (OSError, ValueError):
+        return -1
+
+
 def suid_dumpable() -> int:
     """fs.suid_dumpable (0: a process that changed its ids is not dumpable);
     1 if it cannot be read, so that the caller prepares for the worse case."""

@@ -188,6 +188,15 @@ def site(spawn):
     return _site
 
 
+def yama_blocks_same_user() -> bool:
+    """Whether Yama's ptrace_scope (1 or more) keeps a user's processes from tracing each other."""
+    try:
+        with open('/proc/sys/kernel/yama/ptrace_scope') as f:
+            return int(f.read()) >= 1
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def suid_dumpable_1(request):
     """fs.suid_dumpable=1 (a process that changed its ids stays dumpable) for

@@ -11,6 +11,7 @@ import fcntl
 import os
 import select
 import signal
+import subprocess
 import sys
 import termios
 import threading
@@ -18,7 +19,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, free_port, free_privileged_port, needs_root, nobody_can_run, wait_for
+from conftest import (
+    NOBODY,
+    SITE,
+    free_port,
+    free_privileged_port,
+    needs_root,
+    nobody_can_run,
+    stop_process,
+    wait_for,
+    yama_blocks_same_user,
+)
 from dropcheck import only_line
 
 from cherrypy_dropprivs.kernel import tty_nr
@@ -241,15 +252,66 @@ def test_nproc_limit_fails_closed_before_the_drop(spawn):
     assert 'Traceback' not in log and 'verified' not in log and 'Bus STARTED' not in log, log
 
 
+#: Run as nobody while the site starts: try pidfd_getfd (syscall 438) on every
+#: descriptor of pid argv[1], over and over, until it exits or 20 s pass.
+RACE_FOR_SOCKETS = r'''
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+pid = int(sys.argv[1])
+pfd = os.pidfd_open(pid)
+deadline = time.monotonic() + 20
+tries = 0
+while time.monotonic() < deadline and os.path.exists(f'/proc/{pid}'):
+    for fd in range(3, 32):
+        tries += 1
+        got = libc.syscall(438, pfd, fd, 0)
+        if got >= 0:
+            s = socket.socket(fileno=got)
+            try:
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    print('STOLE', s.getsockname(), flush=True)
+                    sys.exit(0)
+            except OSError:
+                pass
+print('TRIES', tries, flush=True)
+'''
+
+
 @needs_root
-def test_not_dumpable_after_the_drop_even_with_suid_dumpable_1(site, suid_dumpable_1):
-    """With fs.suid_dumpable=1 the kernel leaves a process that changed its
-    ids dumpable: other processes of nobody could ptrace the site or take its
-    port-80 socket (pidfd_getfd). The drop makes it non-dumpable itself and
-    checks the kernel's view (its /proc files belong to root)."""
-    restore = suid_dumpable_1
+@pytest.mark.skipif(yama_blocks_same_user(), reason='Yama (ptrace_scope >= 1) keeps the window shut here')
+def test_suid_dumpable_1_without_yama_stops_the_start_before_the_drop(spawn, suid_dumpable_1):
+    """With fs.suid_dumpable=1 the kernel makes the process dumpable at each
+    set*id call: until it is undone, any process of nobody may take the port's
+    socket with pidfd_getfd (a reviewer did, racing the drop). Without Yama to
+    keep them out, the start stops before the set*id calls (exit 77, the
+    sysctl named), and a process of nobody racing for the sockets all along
+    gets none."""
+    port = free_privileged_port()
+    proc = spawn([sys.executable, str(SITE), '--port', str(port)], ports=[port])
+    racer = subprocess.Popen(['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups',
+                              sys.executable, '-c', RACE_FOR_SOCKETS, str(proc.pid)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.wait_exit(20) == 77
+        out, _ = racer.communicate(timeout=30)
+    finally:
+        stop_process(racer)
+    suid_dumpable_1()
+    assert 'STOLE' not in out, out
+    assert 'TRIES' in out, out  # it did race
+    only_line(proc.log(), r'dropprivs: FAILED: fs.suid_dumpable: it is 1 and kernel.yama.ptrace_scope '
+                          r'is absent \(no Yama\).*pidfd_getfd')
+
+
+@needs_root
+@pytest.mark.skipif(not yama_blocks_same_user(),
+                    reason='needs Yama with ptrace_scope >= 1, absent or 0 here')
+def test_not_dumpable_after_the_drop_with_suid_dumpable_1_under_yama(site, suid_dumpable_1):
+    """Under Yama the target's other processes cannot reach the site anyway;
+    the drop still makes it non-dumpable at once and checks the kernel's view
+    (its /proc files belong to root)."""
     proc = site(prefix=nobody_can_run())
-    restore()
+    suid_dumpable_1()
     assert all(t.uids == (NOBODY,) * 4 for t in proc.threads())
     assert os.stat(f'/proc/{proc.pid}/status').st_uid == 0, 'dumpable: nobody could reach into the site'
     assert not any(t.no_new_privs for t in proc.threads())  # not asked for: not set

@@ -17,18 +17,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, REPO, SITE, free_port, free_privileged_port, needs_root, nobody_can_run
+from conftest import (
+    NOBODY,
+    REPO,
+    SITE,
+    free_port,
+    free_privileged_port,
+    needs_root,
+    nobody_can_run,
+    yama_blocks_same_user,
+)
 
 pytestmark = needs_root
 CHILDREN_SITE = Path(__file__).resolve().parent / 'sites' / 'children_site.py'
 VERSION = f'python{sys.version_info[0]}.{sys.version_info[1]}'
-
-
-def _yama_blocks_same_user() -> bool:
-    try:
-        return int(Path('/proc/sys/kernel/yama/ptrace_scope').read_text()) >= 1
-    except (OSError, ValueError):
-        return False
 
 
 #: As nobody: PTRACE_SEIZE pid argv[1] as soon as it can (the exec window of a restart), then
@@ -50,7 +52,7 @@ libc.ptrace(17, pid, None, None)
 '''
 
 
-@pytest.mark.skipif(_yama_blocks_same_user(), reason='Yama ptrace_scope >= 1 closes the window')
+@pytest.mark.skipif(yama_blocks_same_user(), reason='Yama ptrace_scope >= 1 closes the window')
 def test_a_tracer_attached_in_the_exec_window_is_refused(spawn, tmp_path):
     """F1: a process of the target PTRACE_SEIZEs the re-executed image between
     execve and the package's import (documented window). PR_SET_DUMPABLE 0 does
