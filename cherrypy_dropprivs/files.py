@@ -209,11 +209,14 @@ def resolve_parent(path: str) -> Parent:
     raise UnsafePath(asked, f'more than {MAX_SYMLINKS} symlinks')
 
 
+#: The refusal of a file with other hard links (its own advice: see LINKED).
+LINKED_ELSEWHERE = 'refusing a file linked elsewhere'
+
+
 def _check_entry(asked: str, real: str, st: os.stat_result, kinds: Tuple[str, ...]) -> None:
     if stat.S_ISREG(st.st_mode) and 'file' in kinds:
         if st.st_nlink > 1:
-            raise UnsafePath(asked, f'{real} has {st.st_nlink} hard links; refusing a file '
-                                    f'linked elsewhere')
+            raise UnsafePath(asked, f'{real} has {st.st_nlink} hard links; {LINKED_ELSEWHERE}')
         return
     if stat.S_ISDIR(st.st_mode) and 'dir' in kinds:
         return
@@ -622,6 +625,14 @@ LOG_UNSAFE = (
 )
 
 
+LINKED = (
+    '{what} {path} is not safe for root to act on: {reason}. Its directory may be sound: the '
+    'other name can be anywhere, and {user} can make one for a file it owns (root would then '
+    'write to, or hand over, a file that also lives elsewhere). Fix: remove the other names '
+    '(find / -xdev -samefile {path}), or the file; the start stops (exit 77) until then'
+)
+
+
 CHOWN_MISSING = (
     'chown path {path} does not exist, so it was not handed to {user}. Fix: create it, or '
     'remove it from chown'
@@ -724,16 +735,23 @@ def check_pidfile(path: str, who) -> Optional[Finding]:
 
 
 def pidfile_unsafe(path: str, reason: str, who=None) -> Finding:
+    if LINKED_ELSEWHERE in reason:
+        return make('pidfile', LINKED, path, reason=reason, what='PID file',
+                    user='a user who owns or may write it')
     return make('pidfile', PIDFILE_UNSAFE, path, reason=reason, name=run_dir_name(path),
                 base=os.path.basename(path))
 
 
 def log_unsafe(path: str, reason: str, who) -> Finding:
+    if LINKED_ELSEWHERE in reason:
+        return make('log', LINKED, path, reason=reason, what='log file', user=_user(who))
     return make('log', LOG_UNSAFE, path, reason=reason, user=_user(who),
                 name=_app_name(path))
 
 
 def chown_unsafe(path: str, reason: str, who) -> Finding:
+    if LINKED_ELSEWHERE in reason:
+        return make('chown', LINKED, path, reason=reason, what='chown path', user=_user(who))
     return make('chown', CHOWN_UNSAFE, path, reason=reason, user=_user(who),
                 name=_app_name(path))
 

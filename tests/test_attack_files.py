@@ -163,6 +163,33 @@ def test_planted_log_symlinks_stop_the_start_before_root_opens_them(site, base):
 
 
 @needs_root
+def test_a_second_name_for_a_handed_over_log_stops_the_next_start_with_its_own_fix(site, base):
+    """Root's log directory, the log file handed to nobody by a first start.
+    nobody gives its file a second name elsewhere (a hard link, which it may
+    make for a file it owns): the next root start stops before serving (root
+    would write to a file that also lives elsewhere), and the line says what
+    to remove, not to move a directory that is sound."""
+    logs = base / 'rootlog'
+    logs.mkdir(mode=0o755)
+    conf = base / 'site.conf'
+    conf.write_text(f"[global]\nlog.error_file: '{logs / 'error.log'}'\n")
+    first = site(extra=['--config', str(conf)])
+    stop_process(first.popen)
+    assert os.stat(logs / 'error.log').st_uid == NOBODY  # handed over (chown_logs)
+    attacker = base / 'nobody-home'
+    attacker.mkdir(mode=0o755)
+    os.chown(attacker, NOBODY, NOBODY)
+    as_nobody(f'ln {logs / "error.log"} {attacker / "second-name"}')
+
+    second = site(extra=['--config', str(conf)], wait=False)
+    assert refused_before_serving(second) == 77
+    line = critical_line(second.log())
+    assert f'log file {logs / "error.log"} is not safe for root to act on' in line, line
+    assert 'has 2 hard links' in line and f'find / -xdev -samefile {logs / "error.log"}' in line
+    assert 'LogsDirectory=' not in line, line  # the directory is root's: no advice to move it
+
+
+@needs_root
 def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     """A FileHandler opened as root by name (not by the guard) through a link:
     the open stream is not what the path safely resolves to: refused."""
