@@ -598,6 +598,15 @@ TLS_NOT_READABLE = (
 )
 
 
+TLS_UNSAFE = (
+    'TLS {which} {path} (server {server}) is not safe for root to read: {reason}. The server '
+    'reads it as root when it starts, so a user who can change its path could make root read '
+    'any file into the process that user then runs. Fix: keep TLS files where only root can '
+    'change the path (e.g. under /etc/ssl or /etc/letsencrypt, owned by root, not group- or '
+    'world-writable); a file owned by another user is fine there'
+)
+
+
 PIDFILE_NOT_REMOVABLE = (
     'PID file {path} cannot be removed by {user} at exit ({reason}): root writes it, before the '
     'drop, in a directory only root can write, so it stays behind after a stop (the next start '

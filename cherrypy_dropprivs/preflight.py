@@ -25,6 +25,7 @@ from cherrypy.process.plugins import Autoreloader, PIDFile
 
 from . import drop, handoff, patches
 from .drop import ALREADY_TARGET, DROPPED, NOT_ROOT, Plan, target_of
+from .errors import EXIT_DROP_FAILED, exit_now
 from .identity import Identity
 from .kernel import readable_by_others
 
@@ -137,8 +138,11 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
 
 
 def secure_root_opens(bus) -> None:
-    """Before the Daemonizer (65) and PIDFile (70) open their files as root
-    (call from the arm); pidfile.py is loaded only if either is on the bus."""
+    """Before the Daemonizer (65), PIDFile (70) and the servers (75, TLS files)
+    open their files as root (call from the arm); pidfile.py and files.py are
+    loaded only if one of them is there."""
+    if drop.holds_root():
+        check_tls_paths(bus)
     daemonizers, pidfiles = handoff.daemonizers(bus), pidfile_plugins(bus)
     if not (daemonizers or pidfiles):
         return
@@ -147,6 +151,29 @@ def secure_root_opens(bus) -> None:
     if drop.holds_root():
         pidfile.secure_daemonizer_files(bus)
     pidfile.secure_pidfiles(bus, pidfiles)  # safe walk as root, mode 0644
+
+
+def check_tls_paths(bus) -> None:
+    """Fail closed on a TLS file root would read through a path another user can change.
+
+    CherryPy reads each server's certificate, key and chain by name, as root,
+    when the server starts (75). A link or directory the target user can
+    change would make root read any file (another site's key) into the
+    process the target then runs, or hang the start on a FIFO. A path every
+    part of which only root can change cannot be turned between this check
+    and that read.
+    """
+    found = [(handoff.describe(a), role, path)
+             for a in handoff.server_adapters(bus) for role, path in handoff.tls_files(a)]
+    if not found:
+        return
+    from .files import TLS_UNSAFE, problem
+
+    bad = [TLS_UNSAFE.format(which=role, path=path, server=server, reason=reason)
+           for server, role, path in found
+           for reason in [problem(os.path.abspath(path), must_exist=True)] if reason]
+    if bad:
+        exit_now(bus.log, '; '.join(bad), EXIT_DROP_FAILED)
 
 
 def make_reopen_safe(bus, manager) -> None:

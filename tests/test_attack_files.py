@@ -189,6 +189,39 @@ def test_a_second_name_for_a_handed_over_log_stops_the_next_start_with_its_own_f
     assert 'LogsDirectory=' not in line, line  # the directory is root's: no advice to move it
 
 
+def _self_signed(d: Path, name: str):
+    cert, key = d / f'{name}.crt', d / f'{name}.key'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+                    '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '2',
+                    '-subj', f'/CN={name}'], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+@needs_root
+@pytest.mark.parametrize('planted', ['symlinks', 'fifo'])
+def test_tls_files_through_a_path_the_target_can_change_are_refused(site, base, planted):
+    """CherryPy reads the certificate and key by name, as root, when the server
+    starts. With them in a directory nobody owns, nobody points them at
+    another site's key only root may read (root would load it into the
+    process nobody then runs), or makes one a FIFO (root's start would hang).
+    The arm listener refuses such a path before any server starts: exit 77,
+    nothing served, the file named."""
+    other = base / 'other-site'
+    other.mkdir(mode=0o700)
+    other_cert, other_key = _self_signed(other, 'other-root-only')
+    os.chmod(other_key, 0o600)
+    tls = user_dir(base, 'tls')
+    if planted == 'symlinks':
+        as_nobody(f'ln -s {other_cert} {tls / "site.crt"}; ln -s {other_key} {tls / "site.key"}')
+    else:
+        as_nobody(f'mkfifo {tls / "site.crt"}; mkfifo {tls / "site.key"}')
+    proc = site(extra=['--ssl', str(tls / 'site.crt'), str(tls / 'site.key')], wait=False)
+    assert refused_before_serving(proc) == 77
+    line = critical_line(proc.log())
+    assert f'TLS certificate {tls / "site.crt"}' in line and 'not safe for root to read' in line, line
+    assert f'TLS private key {tls / "site.key"}' in line, line
+
+
 @needs_root
 def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     """A FileHandler opened as root by name (not by the guard) through a link:
