@@ -371,6 +371,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def parent_problem(path: str) -> Optional[str]:
+    """Why root could not safely remove or create ``path``'s last entry (its
+    directory and the way there); None if it could. Changes nothing."""
+    try:
+        with resolve_parent(path):
+            return None
+    except UnsafePath as e:
+        return e.reason
+    except OSError as e:
+        return f'{e.filename or path}: {e.strerror}'
+
+
 def problem(path: str, *, must_exist: bool = False, kinds: Tuple[str, ...] = ('file',)) -> Optional[str]:
     """Why root could not safely use ``path``; None if it could. Changes nothing.
 
@@ -604,6 +616,15 @@ TLS_UNSAFE = (
     'any file into the process that user then runs. Fix: keep TLS files where only root can '
     'change the path (e.g. under /etc/ssl or /etc/letsencrypt, owned by root, not group- or '
     'world-writable); a file owned by another user is fine there'
+)
+
+
+UNIX_UNSAFE = (
+    'UNIX socket {path} (server {server}) is not safe for root to bind: {reason}. The server '
+    'removes whatever is at that path and binds there as root, so a user who can change the '
+    'path could make root remove a file elsewhere, or listen where no client can reach. Fix: '
+    'a directory only root can write, e.g. /run/{name} (systemd RuntimeDirectory={name} with '
+    'no User=)'
 )
 
 

@@ -138,11 +138,11 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
 
 
 def secure_root_opens(bus) -> None:
-    """Before the Daemonizer (65), PIDFile (70) and the servers (75, TLS files)
-    open their files as root (call from the arm); pidfile.py and files.py are
+    """Before the Daemonizer (65), PIDFile (70) and the servers (75: TLS files,
+    UNIX sockets) open their files as root (call from the arm); pidfile.py and files.py are
     loaded only if one of them is there."""
     if drop.holds_root():
-        check_tls_paths(bus)
+        check_server_paths(bus)
     daemonizers, pidfiles = handoff.daemonizers(bus), pidfile_plugins(bus)
     if not (daemonizers or pidfiles):
         return
@@ -153,25 +153,31 @@ def secure_root_opens(bus) -> None:
     pidfile.secure_pidfiles(bus, pidfiles)  # safe walk as root, mode 0644
 
 
-def check_tls_paths(bus) -> None:
-    """Fail closed on a TLS file root would read through a path another user can change.
+def check_server_paths(bus) -> None:
+    """Fail closed on a server path root would use through a path another user can change.
 
-    CherryPy reads each server's certificate, key and chain by name, as root,
-    when the server starts (75). A link or directory the target user can
-    change would make root read any file (another site's key) into the
-    process the target then runs, or hang the start on a FIFO. A path every
-    part of which only root can change cannot be turned between this check
-    and that read.
+    When a server starts (75), as root, CherryPy reads its TLS certificate,
+    key and chain by name, and cheroot removes whatever is at a UNIX socket's
+    path and binds there. A link or directory the target user can change
+    would make root read any file (another site's key) into the process the
+    target then runs, hang the start on a FIFO, or remove a file elsewhere.
+    A path every part of which only root can change cannot be turned between
+    this check and that use.
     """
-    found = [(handoff.describe(a), role, path)
-             for a in handoff.server_adapters(bus) for role, path in handoff.tls_files(a)]
-    if not found:
+    adapters = handoff.server_adapters(bus)
+    tls = [(handoff.describe(a), role, path) for a in adapters for role, path in handoff.tls_files(a)]
+    unix = [(handoff.describe(a), a.bind_addr) for a in adapters
+            if isinstance(a.bind_addr, str) and a.bind_addr.startswith('/')]
+    if not (tls or unix):
         return
-    from .files import TLS_UNSAFE, problem
+    from . import files
 
-    bad = [TLS_UNSAFE.format(which=role, path=path, server=server, reason=reason)
-           for server, role, path in found
-           for reason in [problem(os.path.abspath(path), must_exist=True)] if reason]
+    bad = [files.TLS_UNSAFE.format(which=role, path=path, server=server, reason=reason)
+           for server, role, path in tls
+           for reason in [files.problem(os.path.abspath(path), must_exist=True)] if reason]
+    bad += [files.UNIX_UNSAFE.format(path=path, server=server, reason=reason,
+                                     name=files.run_dir_name(path))
+            for server, path in unix for reason in [files.parent_problem(path)] if reason]
     if bad:
         exit_now(bus.log, '; '.join(bad), EXIT_DROP_FAILED)
 

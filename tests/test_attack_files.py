@@ -223,6 +223,27 @@ def test_tls_files_through_a_path_the_target_can_change_are_refused(site, base, 
 
 
 @needs_root
+def test_a_unix_socket_path_the_target_can_change_is_refused(site, base):
+    """cheroot removes whatever is at a UNIX socket's path and binds there, as
+    root. With the socket's directory under one nobody owns, nobody swaps it
+    for a link to a root-only directory: root would remove the file there and
+    listen where no client can reach. Refused at the arm listener (exit 77);
+    the file stays."""
+    run = user_dir(base, 'run')
+    victim = base / 'victim'
+    victim.mkdir(mode=0o700)
+    (victim / 'site.sock').write_text('root only\n')
+    before = fingerprint(victim / 'site.sock')
+    as_nobody(f'ln -s {victim} {run / "s"}')
+    path = run / 's' / 'site.sock'
+    proc = site(extra=['--unix', str(path)], wait=False)
+    assert refused_before_serving(proc) == 77
+    line = critical_line(proc.log())
+    assert f'UNIX socket {path}' in line and 'not safe for root to bind' in line, line
+    assert fingerprint(victim / 'site.sock') == before
+
+
+@needs_root
 def test_log_file_opened_elsewhere_is_compared_with_its_safe_path(base):
     """A FileHandler opened as root by name (not by the guard) through a link:
     the open stream is not what the path safely resolves to: refused."""
