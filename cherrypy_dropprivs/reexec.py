@@ -142,7 +142,7 @@ def netns_cookie(sock: Optional[socket.socket] = None) -> Optional[int]:
 
 def stay_daemonized(bus) -> None:
     """In an image re-executed by a daemon: the Daemonizer (65) must not fork
-    again. The process is still detached (session, streams); a new pid would
+    again, and a SIGHUP must restart it again. The process is still detached (session, streams); a new pid would
     leave the PID file root wrote pointing at nothing, and only root could
     rewrite it. CherryPy's Daemonizer forks even when it says "Already
     daemonized", and the bus already holds its start listener for this
@@ -150,6 +150,12 @@ def stay_daemonized(bus) -> None:
     for d in daemonizers(bus):
         d.finalized = True
         patches.replace(d, 'daemonize', _already_daemonized)
+    # CherryPy's SignalHandler takes a process for a daemon (SIGHUP restarts
+    # it, else it exits) if its pid differs from the one it saw when it was
+    # made: here, in this image, with the daemon's pid already.
+    handler = getattr(bus, 'signal_handler', None)
+    if getattr(handler, '_original_pid', None) == os.getpid():
+        patches.replace(handler, '_original_pid', None, keep=True)
     if daemonizers(bus):
         bus.log(f'dropprivs: already daemonized before the re-exec: not forking again '
                 f'(pid {os.getpid()} kept)')
