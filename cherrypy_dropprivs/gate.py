@@ -234,20 +234,29 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
             return None
         return cls.serve(httpserver)
 
-    def stop():
-        cls.stop(httpserver)
+    def pause_unless_exec():
         if not getattr(adapter.bus, 'execv', False):
             # A stop for good: refuse new clients as a closed port would,
             # but keep the socket bound for a later start. Across a re-exec
             # it keeps listening and clients wait in its backlog instead.
             KEEPER.pause(key())
 
+    def stop():
+        cls.stop(httpserver)
+        pause_unless_exec()  # if cheroot's stop did not reach its workers
+
     pool = httpserver.requests
-    start_pool = pool.start
+    start_pool, stop_pool = pool.start, pool.stop
 
     def start_workers():
         httpserver._dropprivs_gate.run_thread_actions()
         return start_pool()
+
+    def stop_workers(*args, **kwargs):
+        # cheroot's stop() has just closed the server's socket and now waits
+        # up to shutdown_timeout for busy workers: refuse new clients now.
+        pause_unless_exec()
+        return stop_pool(*args, **kwargs)
 
     key()
     # Clients that arrive while the gate is shut can only wait: make room.
@@ -257,6 +266,7 @@ def hook_httpserver(adapter: Any, httpserver: Any, gate: Gate) -> None:
                        ('serve', serve)):
         patches.replace(httpserver, name, hook)
     patches.replace(pool, 'start', start_workers)
+    patches.replace(pool, 'stop', stop_workers)
 
 
 def is_bound(adapter) -> bool:

@@ -100,13 +100,16 @@ class SocketKeeper:
     def pause(self, key: str) -> None:
         """Stop listening on the kept socket for ``key`` but keep it bound.
 
-        On Linux ``shutdown`` of a listening socket resets the connections
+        On Linux ``shutdown`` of a listening TCP socket resets the connections
         waiting in its backlog and leaves it bound and unconnected: new
         clients are refused, as after CherryPy closes a port, and a later
-        ``listen`` (cheroot's, on the next start) needs no privilege.
+        ``listen`` (cheroot's, on the next start, or prepare_exec's) needs no
+        privilege. A UNIX socket so shut down refuses every connection for
+        good, whatever ``listen`` follows: it keeps listening instead, and
+        its clients wait in the backlog for the next start.
         """
         kept = self._kept.get(key)
-        if kept is not None and is_listening(kept):
+        if kept is not None and kept.family != socket.AF_UNIX and is_listening(kept):
             try:
                 kept.shutdown(socket.SHUT_RD)
             except OSError:
@@ -145,6 +148,9 @@ class SocketKeeper:
         must not fork again (a new pid would orphan the PID file root wrote).
         """
         env = os.environ
+        for kept in self._kept.values():
+            if not is_listening(kept):  # paused by an engine.stop() before this restart
+                kept.listen(hold_backlog())
         self.mark_inheritable()
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
                                        'daemonized': daemonized})

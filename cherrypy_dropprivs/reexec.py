@@ -142,11 +142,12 @@ def netns_cookie(sock: Optional[socket.socket] = None) -> Optional[int]:
 
 def stay_daemonized(bus) -> None:
     """In an image re-executed by a daemon: the Daemonizer (65) must not fork
-    again, and a SIGHUP must restart it again. The process is still detached (session, streams); a new pid would
-    leave the PID file root wrote pointing at nothing, and only root could
-    rewrite it. CherryPy's Daemonizer forks even when it says "Already
-    daemonized", and the bus already holds its start listener for this
-    publish, so its fork is made a no-op on the instance."""
+    again, and a SIGHUP must restart it again. The process is still detached
+    (session, streams); a new pid would leave the PID file root wrote
+    pointing at nothing, and only root could rewrite it. CherryPy's
+    Daemonizer forks even when it says "Already daemonized", and the bus
+    already holds its start listener for this publish, so its fork is made a
+    no-op on the instance."""
     for d in daemonizers(bus):
         d.finalized = True
         patches.replace(d, 'daemonize', _already_daemonized)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import poller
@@ -201,34 +203,53 @@ def test_sighup_restart_daemonized_with_idle_keepalive_and_a_crowd(spawn, tmp_pa
 
 
 STOP_THEN = '''
-import sys, cherrypy
+import sys, threading, cherrypy
 from cherrypy_dropprivs import DropPrivileges
 cherrypy.config.update({{'log.screen': True, 'checker.on': False, 'engine.autoreload.on': False}})
 cherrypy.server.socket_host, cherrypy.server.socket_port = '127.0.0.1', {port}
+HUNG = threading.Event()
 class Root:
     @cherrypy.expose
     def index(self):
         import os
         return str(os.geteuid())
+    @cherrypy.expose
+    def hang(self):
+        HUNG.wait(3)  # a busy worker: stop() waits for it (up to shutdown_timeout, 5 s)
+        return 'released'
 cherrypy.tree.mount(Root(), '/')
 DropPrivileges(cherrypy.engine, uid={uid!r}).subscribe()
 cherrypy.engine.start()
 print('STARTED', flush=True)
+if sys.stdin.readline().strip() == 'stop while busy':
+    print('STOPPING', flush=True)
 cherrypy.engine.stop()
+HUNG.set()
 print('STOPPED', flush=True)
-sys.stdin.readline()
+if sys.stdin.readline().strip() == 'restart':
+    cherrypy.engine.restart()  # a re-exec: this script runs again from the top
 cherrypy.engine.start()
 print('STARTED AGAIN', flush=True)
 cherrypy.engine.block()
 '''
 
 
+def _say(p, line: str) -> None:
+    p.stdin.write(line + '\n')
+    p.stdin.flush()
+
+
 def _read_until(p, word: str, timeout: float = 20) -> str:
+    """The process's output up to the line ``word``; bounded (a reader thread
+    holds the pipe, so a process that prints nothing more cannot block this)."""
     seen = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
+    while True:
+        try:
+            line = p.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:  # the pipe closed: the process ended
             break
         seen.append(line)
         if line.strip() == word:
@@ -247,6 +268,13 @@ def stop_then_start():
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True, cwd=str(HERE.parent), env=env)
         started.append(p)
+        p.lines = queue.Queue()
+
+        def read() -> None:
+            for line in p.stdout:
+                p.lines.put(line)
+            p.lines.put(None)
+        threading.Thread(target=read, daemon=True).start()
         return p
 
     yield _run
@@ -267,6 +295,8 @@ def test_stop_closes_an_unprivileged_port(stop_then_start):
     connections are refused and another process can bind it and serve."""
     port = free_port()
     p = stop_then_start(port, 'nobody')
+    _read_until(p, 'STARTED')
+    _say(p, 'stop')
     _read_until(p, 'STOPPED')
     assert _refused(port)
     other = socket.socket()
@@ -277,8 +307,7 @@ def test_stop_closes_an_unprivileged_port(stop_then_start):
     c.close()  # the client closes first: a server-side TIME_WAIT would block any re-bind
     a.close()
     other.close()
-    p.stdin.write('\n')
-    p.stdin.flush()
+    _say(p, 'start')
     _read_until(p, 'STARTED AGAIN')
     body = wait_for(lambda: _get(port), 10, what='an answer after start()')
     assert body == str(NOBODY)
@@ -290,15 +319,68 @@ def test_stop_then_start_on_a_privileged_port_after_the_drop(stop_then_start):
     in the same process serves the port again, dropped."""
     port = free_privileged_port()
     p = stop_then_start(port, 'nobody')
+    _read_until(p, 'STARTED')
+    _say(p, 'stop')
     _read_until(p, 'STOPPED')
     assert _refused(port), 'a stopped server must not leave a listening socket nobody serves'
-    p.stdin.write('\n')
-    p.stdin.flush()
+    _say(p, 'start')
     _read_until(p, 'STARTED AGAIN')
     body = wait_for(lambda: _get(port), 10, what='an answer after start()')
     assert body == str(NOBODY)
     for t in thread_creds(p.pid):
         assert t.uids == (NOBODY,) * 4, t
+
+
+def test_stop_refuses_at_once_while_a_worker_is_busy(stop_then_start):
+    """cheroot's stop() closes the server's socket, then waits up to
+    shutdown_timeout (5 s) for busy workers. The socket the plugin keeps for a
+    later start must stop listening at that moment too: new clients are
+    refused at once, as plain CherryPy refuses them, not held 5 s and reset
+    (found in review)."""
+    port = free_privileged_port()
+    p = stop_then_start(port, 'nobody')
+    _read_until(p, 'STARTED')
+    busy = socket.create_connection(('127.0.0.1', port), timeout=5)
+    busy.sendall(b'GET /hang HTTP/1.1\r\nHost: x\r\n\r\n')
+    time.sleep(0.3)  # a worker holds it
+    _say(p, 'stop while busy')
+    _read_until(p, 'STOPPING')
+    wait_for(lambda: _refused(port), 1.5, what='new clients refused while the busy worker ends')
+    busy.close()
+    _read_until(p, 'STOPPED')
+    _say(p, 'start')
+    _read_until(p, 'STARTED AGAIN')
+    assert wait_for(lambda: _get(port), 10, what='an answer after start()') == str(NOBODY)
+
+
+@needs_root
+def test_stop_then_restart_comes_back(site):
+    """engine.stop() (the kept socket stops listening), then engine.restart():
+    the re-executed image adopts the socket, listening again, and serves as
+    nobody; it exited 77 refusing a socket that did not listen (found in review)."""
+    port = free_privileged_port()
+    proc = site(ports=[port], prefix=nobody_can_run(), wait=False)
+    conn = poller.tcp('127.0.0.1', port)
+    boot = poller.wait_started(conn, alive=proc.alive)['boot']
+    poller.request(conn, '/stop_then_restart')
+    back = poller.wait_started(conn, not_boot=boot, timeout=20, alive=proc.alive)
+    assert back['uids'] == [NOBODY] * 4 and back['pid'] == proc.pid, back
+    assert_dropped_everywhere(proc.pid)
+
+
+@needs_root
+def test_a_unix_socket_serves_again_after_stop_then_start(site, tmp_path):
+    """A kept UNIX socket: shut down for reading it would refuse every client
+    for good, whatever listen() follows (found in review). It keeps listening
+    across a stop, and the next start serves on it again."""
+    d = tmp_path / 'run'
+    d.mkdir(mode=0o755)
+    path = str(d / 'site.sock')
+    proc = site(extra=['--unix', path, '--stop-start'])
+    wait_for(lambda: proc.log().count('Bus STARTED') >= 2, 20, what='the second start')
+    o = wait_for(lambda: (lambda r: r if r.kind == poller.OK else None)(
+        poller.request(poller.unix(path), '/whoami')), 10, what='an answer on the UNIX socket')
+    assert o.body['uids'] == [NOBODY] * 4, o.body
 
 
 def _get(port: int):

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import cherrypy
 
@@ -153,6 +154,16 @@ class Root:
         n = cherrypy.session.get('n', 0) + 1
         cherrypy.session['n'] = n
         return str(n)
+
+    @cherrypy.expose
+    def stop_then_restart(self):
+        """engine.stop(), then engine.restart() a moment later (as an operator might)."""
+        def later():
+            cherrypy.engine.stop()
+            time.sleep(0.5)
+            cherrypy.engine.restart()
+        threading.Timer(0.05, later).start()
+        return 'stopping, then restarting'
 
     @cherrypy.expose
     def graceful(self):
