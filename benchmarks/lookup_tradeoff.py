@@ -21,6 +21,10 @@ Alternating, one server on a free privileged port of 127.0.0.1 each
 - ``ours-lookup-here``: the same with the lookup made in the site (the path
   the package takes in a process that already has threads), a what-if.
 
+``--files-only`` runs every site in a private mount namespace whose
+/etc/nsswitch.conf names ``files`` alone for passwd and group (as on a small
+box; musl has no modules at all): there glibc maps no module for the lookup.
+
 For each: process start to first 200 (client polling every 2 ms, as
 window.py's part 2), then VmRSS, RssAnon and RssFile after warm-up requests
 (as memory.py). Prints the medians, each variant minus ``none``, and which of
@@ -47,10 +51,10 @@ STARTUP_GOAL_MS = 5.0
 MEMORY_GOAL_KIB = 384
 
 
-def one_run(variant: str, warm: int, settle: float) -> Dict[str, float]:
+def one_run(variant: str, warm: int, settle: float, prefix: List[str]) -> Dict[str, float]:
     port = h.free_privileged_port()
     t0 = time.monotonic()
-    proc = h.start_site([h.PYTHON, HELLO, '--plugin', variant, '--quiet', '--port', str(port)])
+    proc = h.start_site([*prefix, h.PYTHON, HELLO, '--plugin', variant, '--quiet', '--port', str(port)])
     try:
         t = h.wait_http(f'http://127.0.0.1:{port}/', timeout=20, popen=proc, interval=0.002)
         out: Dict[str, float] = {'startup': (t - t0) * 1000.0}
@@ -69,14 +73,24 @@ def main() -> int:
     p.add_argument('--rounds', type=int, default=7, help='runs per variant (default 7)')
     p.add_argument('--warm', type=int, default=200, help='warm-up requests per kind (default 200)')
     p.add_argument('--settle', type=float, default=0.5, help='seconds between warm-up and reading')
+    p.add_argument('--files-only', action='store_true',
+                   help="sites see an nsswitch.conf with 'files' alone for passwd and group")
     args = p.parse_args()
     if os.geteuid() != 0:
         print('run as root: the sites bind a privileged port and drop to nobody')
         return 2
     print(h.machine_header())
-    with open('/etc/nsswitch.conf') as f:
+    prefix: List[str] = []
+    nsswitch = '/etc/nsswitch.conf'
+    if args.files_only:
+        nsswitch = str(h.LOG_DIR / 'nsswitch.conf')
+        with open(nsswitch, 'w') as f:
+            f.write('passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n')
+        prefix = ['unshare', '-m', '--propagation', 'private', 'sh', '-c',
+                  f'mount --bind {nsswitch} /etc/nsswitch.conf && exec "$@"', 'sh']
+    with open(nsswitch) as f:
         sources = [' '.join(line.split()) for line in f if line.startswith(('passwd:', 'group:'))]
-    print(f'nsswitch: {"; ".join(sources)}')
+    print(f'nsswitch: {"; ".join(sources)}' + (' (a private mount namespace)' if prefix else ''))
     print(f'site:     benchmarks/hello_site.py, one server, {args.rounds} runs per variant, '
           f'alternating {" / ".join(VARIANTS)}')
     keys = ('startup',) + FIELDS
@@ -85,7 +99,7 @@ def main() -> int:
           + ' '.join(f'{k:>8}' for k in keys) + '  NSS module mapped')
     for i in range(args.rounds):
         for v in VARIANTS:
-            r = one_run(v, args.warm, args.settle)
+            r = one_run(v, args.warm, args.settle, prefix)
             res[v].append(r)
             print(f'  {v:16} {i + 1:3} {r["startup"]:8.1f} '
                   + ' '.join(f'{r[f]:8.0f}' for f in FIELDS)
