@@ -475,8 +475,8 @@ def check_dumpable_window(target: Identity) -> None:
         f'it is 1 and kernel.yama.ptrace_scope is {"0" if scope == 0 else "absent (no Yama)"}: '
         f'from the set*id calls until the process is made non-dumpable again, any process of '
         f'user {target.user or target.uid} could trace it or take its listening sockets '
-        f'(pidfd_getfd); set '
-        f'fs.suid_dumpable to 0 (or 2), or kernel.yama.ptrace_scope to 1 or more',
+        f'(pidfd_getfd); set fs.suid_dumpable to 0 (or 2), or kernel.yama.ptrace_scope to 1 '
+        f'or more',
     )
 
 

@@ -150,7 +150,10 @@ class SocketKeeper:
         env = os.environ
         for kept in self._kept.values():
             if not is_listening(kept):  # paused by an engine.stop() before this restart
-                kept.listen(hold_backlog())
+                try:
+                    kept.listen(hold_backlog())
+                except OSError:
+                    pass  # the new image names it and stops (exit 77), as for any socket
         self.mark_inheritable()
         env[HANDOFF_ENV] = json.dumps({'pid': os.getpid(), 'sockets': self.fds(),
                                        'daemonized': daemonized})

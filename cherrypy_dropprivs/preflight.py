@@ -139,8 +139,8 @@ def prepare(bus, target: Identity, chown_logs: bool, chown: Sequence[str]) -> Re
 
 def secure_root_opens(bus) -> None:
     """Before the Daemonizer (65), PIDFile (70) and the servers (75: TLS files,
-    UNIX sockets) open their files as root (call from the arm); pidfile.py and files.py are
-    loaded only if one of them is there."""
+    UNIX sockets) open their files as root (call from the arm); pidfile.py
+    and files.py are loaded only where there is such a file."""
     if drop.holds_root():
         check_server_paths(bus)
     daemonizers, pidfiles = handoff.daemonizers(bus), pidfile_plugins(bus)
