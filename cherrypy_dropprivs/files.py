@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterable, List, Optional, Protocol, Tuple, TypeVar
+from typing import Iterable, List, Optional, Protocol, Tuple, TypeVar, Union
 
 #: As the kernel: more symlinks than this in one resolution is ELOOP.
 MAX_SYMLINKS = 40
@@ -213,9 +213,10 @@ def resolve_parent(path: str) -> Parent:
 LINKED_ELSEWHERE = 'refusing a file linked elsewhere'
 
 
-def _check_entry(asked: str, real: str, st: os.stat_result, kinds: Tuple[str, ...]) -> None:
+def _check_entry(asked: str, real: str, st: os.stat_result, kinds: Tuple[str, ...],
+                 links_ok: bool = False) -> None:
     if stat.S_ISREG(st.st_mode) and 'file' in kinds:
-        if st.st_nlink > 1:
+        if st.st_nlink > 1 and not links_ok:
             raise UnsafePath(asked, f'{real} has {st.st_nlink} hard links; {LINKED_ELSEWHERE}')
         return
     if stat.S_ISDIR(st.st_mode) and 'dir' in kinds:
@@ -236,8 +237,10 @@ class Opened(_OpenFd):
         self.fd, self.st, self.real = fd, st, real
 
 
-def open_existing(path: str, kinds: Tuple[str, ...] = ('file',)) -> Opened:
-    """Open an existing regular file (one link) or, with 'dir' in ``kinds``, directory."""
+def open_existing(path: str, kinds: Tuple[str, ...] = ('file',), links_ok: bool = False) -> Opened:
+    """Open an existing regular file (one link, unless ``links_ok``: only to
+    read it, where another name changes nothing) or, with 'dir' in ``kinds``,
+    a directory."""
     asked = normalize(path)
     with resolve_parent(asked) as parent:
         try:
@@ -250,13 +253,13 @@ def open_existing(path: str, kinds: Tuple[str, ...] = ('file',)) -> Opened:
             os.close(pfd)
         if stat.S_ISLNK(pst.st_mode):  # only root can put one there; not followed again
             raise UnsafePath(asked, f'{parent.real} became a symlink while it was being opened')
-        _check_entry(asked, parent.real, pst, kinds)  # before opening: no device is opened
+        _check_entry(asked, parent.real, pst, kinds, links_ok)  # before opening: no device is opened
         fd = _open_leased(parent.name, _READ, 0, parent.fd)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (pst.st_dev, pst.st_ino):
                 raise UnsafePath(asked, f'{parent.real} changed while it was being opened')
-            _check_entry(asked, parent.real, st, kinds)
+            _check_entry(asked, parent.real, st, kinds, links_ok)
         except BaseException:
             os.close(fd)
             raise
@@ -371,16 +374,44 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def parent_problem(path: str) -> Optional[str]:
-    """Why root could not safely remove or create ``path``'s last entry (its
-    directory and the way there); None if it could. Changes nothing."""
+def _as_the_kernel_reads(path: Union[str, bytes]) -> Tuple[str, Optional[str]]:
+    """(absolute path, why it cannot be checked or None) for a path another
+    component will use by name. The walk here resolves ``..`` before the
+    links; the kernel, after them: a path with ``..`` is refused."""
+    text = os.fsdecode(path)
+    if '..' in text.split('/'):
+        return text, "it has a '..' component (the kernel applies it after following links)"
+    return normalize(text), None
+
+
+def read_problem(path: Union[str, bytes]) -> Optional[str]:
+    """Why root could not safely read ``path`` by name, as CherryPy reads TLS
+    files; None if it could. Changes nothing."""
+    full, why = _as_the_kernel_reads(path)
+    if why:
+        return why
     try:
-        with resolve_parent(path):
+        open_existing(full, links_ok=True).close()
+    except UnsafePath as e:
+        return e.reason
+    except OSError as e:
+        return f'{e.filename or full}: {e.strerror}'
+    return None
+
+
+def bind_problem(path: Union[str, bytes]) -> Optional[str]:
+    """Why root could not safely remove what is at ``path`` and bind a UNIX
+    socket there (its directory and the way there); None if it could."""
+    full, why = _as_the_kernel_reads(path)
+    if why:
+        return why
+    try:
+        with resolve_parent(full):
             return None
     except UnsafePath as e:
         return e.reason
     except OSError as e:
-        return f'{e.filename or path}: {e.strerror}'
+        return f'{e.filename or full}: {e.strerror}'
 
 
 def problem(path: str, *, must_exist: bool = False, kinds: Tuple[str, ...] = ('file',)) -> Optional[str]:
@@ -657,7 +688,7 @@ LOG_UNSAFE = (
 
 LINKED = (
     '{what} {path} is not safe for root to act on: {reason}. Its directory may be sound: the '
-    'other name can be anywhere, and {user} can make one for a file it owns (root would then '
+    'other name can be anywhere, and {who} can make one for a file it owns (root would then '
     'write to, or hand over, a file that also lives elsewhere). Fix: remove the other names '
     '(find / -xdev -samefile {path}), or the file; the start stops (exit 77) until then'
 )
@@ -767,21 +798,22 @@ def check_pidfile(path: str, who) -> Optional[Finding]:
 def pidfile_unsafe(path: str, reason: str, who=None) -> Finding:
     if LINKED_ELSEWHERE in reason:
         return make('pidfile', LINKED, path, reason=reason, what='PID file',
-                    user='a user who owns or may write it')
+                    who='a user who owns or may write it')
     return make('pidfile', PIDFILE_UNSAFE, path, reason=reason, name=run_dir_name(path),
                 base=os.path.basename(path))
 
 
 def log_unsafe(path: str, reason: str, who) -> Finding:
     if LINKED_ELSEWHERE in reason:
-        return make('log', LINKED, path, reason=reason, what='log file', user=_user(who))
+        return make('log', LINKED, path, reason=reason, what='log file', who=f'the user {_user(who)}')
     return make('log', LOG_UNSAFE, path, reason=reason, user=_user(who),
                 name=_app_name(path))
 
 
 def chown_unsafe(path: str, reason: str, who) -> Finding:
     if LINKED_ELSEWHERE in reason:
-        return make('chown', LINKED, path, reason=reason, what='chown path', user=_user(who))
+        return make('chown', LINKED, path, reason=reason, what='chown path',
+                    who=f'the user {_user(who)}')
     return make('chown', CHOWN_UNSAFE, path, reason=reason, user=_user(who),
                 name=_app_name(path))
 

@@ -76,6 +76,10 @@ def secure_daemonizer_files(bus) -> None:
                 else:
                     fd = open_append(path, 0o640)
             except UnsafePath as e:
+                if files.LINKED_ELSEWHERE in e.reason:
+                    fail_closed(bus, str(files.make('daemonizer', files.LINKED, path, reason=e.reason,
+                                                    what=f'Daemonizer {attr}',
+                                                    who='a user who owns or may write it')))
                 fail_closed(bus, f'Daemonizer {attr} {path}: {e.reason}; root opens it before the '
                                  f'drop, so it must be in a directory only root can write '
                                  f'(e.g. /var/log/mysite owned by root, mode 0755)')

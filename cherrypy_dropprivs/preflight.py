@@ -166,20 +166,30 @@ def check_server_paths(bus) -> None:
     """
     adapters = handoff.server_adapters(bus)
     tls = [(handoff.describe(a), role, path) for a in adapters for role, path in handoff.tls_files(a)]
-    unix = [(handoff.describe(a), a.bind_addr) for a in adapters
-            if isinstance(a.bind_addr, str) and a.bind_addr.startswith('/')]
+    unix = [(handoff.describe(a), os.fsdecode(addr)) for a in adapters
+            for addr in [_unix_path(a)] if addr is not None]
     if not (tls or unix):
         return
     from . import files
 
     bad = [files.TLS_UNSAFE.format(which=role, path=path, server=server, reason=reason)
-           for server, role, path in tls
-           for reason in [files.problem(os.path.abspath(path), must_exist=True)] if reason]
+           for server, role, path in tls for reason in [files.read_problem(path)] if reason]
     bad += [files.UNIX_UNSAFE.format(path=path, server=server, reason=reason,
                                      name=files.run_dir_name(path))
-            for server, path in unix for reason in [files.parent_problem(path)] if reason]
+            for server, path in unix for reason in [files.bind_problem(path)] if reason]
     if bad:
         exit_now(bus.log, '; '.join(bad), EXIT_DROP_FAILED)
+
+
+def _unix_path(adapter):
+    """The filesystem path a server binds a UNIX socket at (str or bytes, as
+    configured, relative ones too); None for TCP and abstract sockets."""
+    addr = adapter.bind_addr
+    if addr is None:  # a ready-made cheroot server: its own address
+        addr = getattr(getattr(adapter, 'httpserver', None), 'bind_addr', None)
+    if not isinstance(addr, (str, bytes)) or not addr:
+        return None
+    return None if addr[:1] in ('\0', b'\0') else addr  # a leading NUL: abstract
 
 
 def make_reopen_safe(bus, manager) -> None:

@@ -198,7 +198,7 @@ def _self_signed(d: Path, name: str):
 
 
 @needs_root
-@pytest.mark.parametrize('planted', ['symlinks', 'fifo'])
+@pytest.mark.parametrize('planted', ['symlinks', 'fifo', 'dotdot'])
 def test_tls_files_through_a_path_the_target_can_change_are_refused(site, base, planted):
     """CherryPy reads the certificate and key by name, as root, when the server
     starts. With them in a directory nobody owns, nobody points them at
@@ -211,15 +211,98 @@ def test_tls_files_through_a_path_the_target_can_change_are_refused(site, base, 
     other_cert, other_key = _self_signed(other, 'other-root-only')
     os.chmod(other_key, 0o600)
     tls = user_dir(base, 'tls')
+    cert, key = tls / 'site.crt', tls / 'site.key'
     if planted == 'symlinks':
-        as_nobody(f'ln -s {other_cert} {tls / "site.crt"}; ln -s {other_key} {tls / "site.key"}')
+        as_nobody(f'ln -s {other_cert} {cert}; ln -s {other_key} {key}')
+    elif planted == 'fifo':
+        as_nobody(f'mkfifo {cert}; mkfifo {key}')
     else:
-        as_nobody(f'mkfifo {tls / "site.crt"}; mkfifo {tls / "site.key"}')
-    proc = site(extra=['--ssl', str(tls / 'site.crt'), str(tls / 'site.key')], wait=False)
+        # A root directory with the site's own pair, where the path looks, as
+        # text, to end: site/u/l/../../site.crt. The kernel follows nobody's
+        # link l first, to other-site/a/b, and '..' twice from there.
+        own = base / 'site'
+        own.mkdir(mode=0o755)
+        _self_signed(own, 'site')
+        (other / 'a' / 'b').mkdir(parents=True)
+        shutil.copy(other_cert, other / 'site.crt')
+        shutil.copy(other_key, other / 'site.key')
+        os.chmod(other / 'site.key', 0o600)
+        u = user_dir(own, 'u')
+        as_nobody(f'ln -s {other / "a" / "b"} {u / "l"}')
+        cert, key = u / 'l' / '..' / '..' / 'site.crt', u / 'l' / '..' / '..' / 'site.key'
+    proc = site(extra=['--ssl', str(cert), str(key)], wait=False)
     assert refused_before_serving(proc) == 77
     line = critical_line(proc.log())
-    assert f'TLS certificate {tls / "site.crt"}' in line and 'not safe for root to read' in line, line
-    assert f'TLS private key {tls / "site.key"}' in line, line
+    assert f'TLS certificate {cert}' in line and 'not safe for root to read' in line, line
+    assert f'TLS private key {key}' in line, line
+    if planted == 'dotdot':
+        assert "'..' component" in line, line
+
+
+@needs_root
+def test_a_tls_file_with_a_second_name_in_a_root_directory_starts(site, base):
+    """Another name for a file root only reads changes nothing it reads: a
+    certificate with a backup hard link, in a root directory, starts."""
+    own = base / 'tls-root'
+    own.mkdir(mode=0o755)
+    cert, key = _self_signed(own, 'site')
+    os.link(cert, own / 'site-backup.crt')
+    proc = site(extra=['--ssl', str(cert), str(key)], wait=False)
+    proc.wait_log('Bus STARTED')
+    assert proc.alive() and all(t.uids == (NOBODY,) * 4 for t in proc.threads())
+
+
+UNIX_FORMS = r'''
+import sys, cherrypy
+from cherrypy_dropprivs import DropPrivileges
+form, path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cherrypy.config.update({'log.screen': True, 'checker.on': False, 'engine.autoreload.on': False})
+cherrypy.server.socket_host, cherrypy.server.socket_port = '127.0.0.1', port
+class Root:
+    @cherrypy.expose
+    def index(self):
+        return 'hello'
+cherrypy.tree.mount(Root(), '/')
+if form == 'adapter':  # a ready-made cheroot server: the adapter has no bind_addr of its own
+    from cheroot import wsgi
+    from cherrypy.process.servers import ServerAdapter
+    ServerAdapter(cherrypy.engine, wsgi.Server(path, cherrypy.tree)).subscribe()
+else:
+    s = cherrypy._cpserver.Server()
+    s.socket_file = path.encode() if form == 'bytes' else path
+    s.subscribe()
+DropPrivileges(cherrypy.engine, uid='nobody').subscribe()
+cherrypy.engine.start()
+cherrypy.engine.block()
+'''
+
+
+@needs_root
+@pytest.mark.parametrize('form', ['dotdot', 'bytes', 'relative', 'adapter'])
+def test_every_form_of_a_unix_socket_path_is_checked(spawn, base, form):
+    """The same attack as below through each way a path reaches cheroot: with
+    '..' after nobody's link, as bytes, relative to the start directory, and
+    as a ready-made cheroot server's own address. Each is refused (exit 77);
+    the root-only file stays."""
+    victim = base / 'victim'
+    (victim / 'a' / 'b').mkdir(parents=True)
+    os.chmod(victim, 0o700)
+    (victim / 'app.sock').write_text('root only\n')
+    before = fingerprint(victim / 'app.sock')
+    run = user_dir(base, 'run')
+    if form == 'dotdot':
+        as_nobody(f'ln -s {victim / "a" / "b"} {run / "l"}')
+        path = f'{run}/l/../../app.sock'
+    else:
+        as_nobody(f'ln -s {victim} {run / "s"}')
+        path = 'run/s/app.sock' if form == 'relative' else f'{run}/s/app.sock'
+    port = free_privileged_port()
+    proc = spawn([sys.executable, '-c', UNIX_FORMS, form, path, str(port)], ports=[port],
+                 cwd=str(base))
+    assert refused_before_serving(proc) == 77
+    line = critical_line(proc.log())
+    assert 'not safe for root to bind' in line, line
+    assert fingerprint(victim / 'app.sock') == before
 
 
 @needs_root
