@@ -221,6 +221,9 @@ def main():
                    help='write the (daemonized) pid to FILE at start (errors ignored)')
     p.add_argument('--log-levels', action='store_true',
                    help='also print every error-log record as "LEVEL|message" lines')
+    p.add_argument('--pretend-yama', type=int, default=None, metavar='SCOPE',
+                   help='a fake, for tests on a kernel without Yama: the package reads '
+                        'kernel.yama.ptrace_scope as SCOPE')
     p.add_argument('--stop-start', action='store_true',
                    help='engine.stop() then engine.start() once after the first start')
     p.add_argument('--server-at', nargs=2, type=int, action='append', default=[],
@@ -237,6 +240,9 @@ def main():
                    help='open PATH (if this process can) and keep it open, inheritable: '
                         'a descriptor a re-exec must close')
     args = p.parse_args()
+    if args.pretend_yama is not None:  # see --pretend-yama: said in each test that uses it
+        from cherrypy_dropprivs import kernel
+        kernel.ptrace_scope = lambda: args.pretend_yama
 
     cherrypy.config.update({
         'engine.autoreload.on': args.autoreload,
