@@ -172,7 +172,7 @@ def _tls_files(conf) -> List[Tuple[str, str]]:
     glob = conf.get('global', {})
     names = (('certificate', 'server.ssl_certificate'), ('private key', 'server.ssl_private_key'),
              ('certificate chain', 'server.ssl_certificate_chain'))
-    return [(what, os.path.abspath(glob[key])) for what, key in names if glob.get(key)]
+    return [(what, glob[key]) for what, key in names if glob.get(key)]  # as configured
 
 
 def _autoreload_on(conf) -> bool:
@@ -247,7 +247,12 @@ def problems_for(conf, config_paths, plan: Plan, chown_logs: bool, chown: Sequen
         if found:
             problems.append(str(found))
     for which, path in _tls_files(conf):
-        found = files.check_tls_file(which, path, who)
+        unsafe = files.read_problem(path)  # a start as root would refuse it (exit 77)
+        if unsafe:
+            problems.append(files.TLS_UNSAFE.format(which=which, path=path, reason=unsafe,
+                                                    server='cherrypy.server'))
+            continue
+        found = files.check_tls_file(which, os.path.abspath(path), who)
         if found:
             problems.append(str(found))
     for path in pidfiles:
@@ -304,7 +309,8 @@ def confine_report(conf, opts: Dict[str, Any], chown: Sequence[str],
     rules, problems = confine.gather(
         sections=[v for _, v in _sections(conf)], log_files=_log_files(conf),
         created_at_start=_log_files(conf), config_files=config_paths,
-        session_paths=_session_paths(conf), tls_files=[p for _, p in _tls_files(conf)],
+        session_paths=_session_paths(conf),
+        tls_files=[os.path.abspath(p) for _, p in _tls_files(conf)],
         chown=chown,
         read=confine.check_paths('confine_read', opts.get('confine_read'), must_exist=False),
         write=confine.check_paths('confine_write', opts.get('confine_write'), must_exist=False),

@@ -204,6 +204,26 @@ def test_check_bad_plan_names_each_problem(spawn, open_dir):
            'remove it at exit' in out
 
 
+@needs_root
+def test_check_names_a_tls_file_root_would_refuse_to_read(spawn, open_dir):
+    """The check says what the start would refuse (exit 77 there): a key
+    reached through a link the target planted in its own directory."""
+    secret = open_dir / 'secret'
+    secret.mkdir(mode=0o700)
+    (secret / 'other.key').touch(mode=0o600)
+    tls = open_dir / 'tls'
+    tls.mkdir(mode=0o755)
+    os.chown(tls, NOBODY, NOBODY)
+    os.symlink(secret / 'other.key', tls / 'site.key')
+    os.lchown(tls / 'site.key', NOBODY, NOBODY)
+    conf = _log_config(open_dir, **{'server.ssl_private_key': str(tls / 'site.key'),
+                                    'engine.autoreload.on': False})
+    rc, out = _check(spawn, str(conf), '--uid', 'nobody')
+    assert rc == 1, out
+    assert any(line.startswith('PROBLEM: TLS private key ') and 'not safe for root to read' in line
+               for line in out.splitlines()), out
+
+
 def test_check_bad_identity_exits_2(spawn):
     rc, out = _check(spawn, '--uid', 'no-such-user-dropprivs')
     assert rc == 2 and "unknown user 'no-such-user-dropprivs'" in out
