@@ -121,7 +121,9 @@ def carry_out(plan: Plan) -> DropRecord:
     # Checked before anything changes: over the limit, the dropped process
     # could not start the threads it still needs (nor re-exec).
     check_nproc(target_of(plan).uid if outcome == DROPPED else os.getuid())
-    if outcome == DROPPED:
+    # Read once: it decides both a refusal here and what to load ahead.
+    suid_dumpable = kernel.suid_dumpable() if outcome == DROPPED else 0
+    if suid_dumpable == 1:
         check_dumpable_window(target_of(plan))
     tty: Tuple[str, ...] = ()
     if _step('look at the controlling terminal', kernel.tty_nr) and (
@@ -129,7 +131,7 @@ def carry_out(plan: Plan) -> DropRecord:
         from . import terminal  # only with a controlling terminal
 
         tty = tuple(_step('give up the controlling terminal', terminal.give_up) or ())
-    _load_ahead(plan, outcome)
+    _load_ahead(plan, outcome, suid_dumpable)
     if outcome == DROPPED:
         # setresuid never clears CapInh: empty the caller's while root, as the
         # plugin's arm listener does (libc.py, if needed at all, loads now).
@@ -156,13 +158,13 @@ def carry_out(plan: Plan) -> DropRecord:
     return DropRecord(before, Snapshot.take(), plan.target, outcome, terminal=tty)
 
 
-def _load_ahead(plan: Plan, outcome: str) -> None:
+def _load_ahead(plan: Plan, outcome: str, suid_dumpable: int) -> None:
     """Load now the modules this process may need after the drop, while root
     can read what the target may not: libc.py for no_new_privs and, where
     fs.suid_dumpable is 1, to make the process non-dumpable; older_threads
     and processes (threads to reach, children to check) where the target
     cannot read this package. Where it can, nothing is loaded ahead of need."""
-    if plan.no_new_privs or (outcome == DROPPED and kernel.suid_dumpable() == 1):
+    if plan.no_new_privs or (outcome == DROPPED and suid_dumpable == 1):
         from . import libc  # noqa: F401
     here = os.path.dirname(os.path.realpath(__file__))
     if outcome == DROPPED and not kernel.readable_by_others(os.path.join(here, 'older_threads.py')):
@@ -457,16 +459,15 @@ def _tasks_on_system() -> int:
 
 
 def check_dumpable_window(target: Identity) -> None:
-    """Fail closed (PrivilegeDropError) where the drop would leave a window open.
+    """Fail closed (PrivilegeDropError) where the drop would leave a window open;
+    called where fs.suid_dumpable is 1.
 
-    With fs.suid_dumpable 1 the kernel makes the process dumpable at each
-    set*id call; until it is made non-dumpable again, any process of the
-    target user may trace it or take its descriptors with pidfd_getfd (a
-    reviewer took the port-80 socket so). Yama's ptrace_scope 1 or more
-    keeps those out; 0 or 2 for suid_dumpable leaves no window.
+    The kernel then makes the process dumpable at each set*id call; until it
+    is made non-dumpable again, any process of the target user may trace it
+    or take its descriptors with pidfd_getfd (a reviewer took the port-80
+    socket so). Yama's ptrace_scope 1 or more keeps those out; 0 or 2 for
+    suid_dumpable leaves no window.
     """
-    if kernel.suid_dumpable() != 1:
-        return
     scope = kernel.ptrace_scope()
     if scope >= 1:
         return

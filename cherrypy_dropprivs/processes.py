@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Set, Tuple
 
-from .kernel import thread_creds
+from .kernel import read_proc, thread_creds
 
 
 def _stat(pid: str) -> Optional[Tuple[int, str, str]]:
@@ -121,8 +121,7 @@ def children_of(pid: int) -> Optional[Set[int]]:
     listed = False
     for tid in tids:
         try:
-            with open(f'/proc/{pid}/task/{tid}/children') as f:
-                out.update(int(child) for child in f.read().split())
+            out.update(int(child) for child in read_proc(f'/proc/{pid}/task/{tid}/children').split())
             listed = True
         except FileNotFoundError:  # the thread is gone, or a kernel without the list
             continue
